@@ -1,0 +1,137 @@
+//! Choosing the exponent offset `t` of a grid for a slice of data (DESIGN.md §1).
+
+use crate::{Format, FormatError, Grid};
+use std::str::FromStr;
+
+/// How to choose the offset for a slice of values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum OffsetRule {
+    /// The smallest `t` whose max covers the largest magnitude (the paper's rule): no clipping.
+    #[default]
+    Cover,
+    /// The `t` among `cover` and the [`MSE_CANDIDATES_BELOW`] offsets below it with the least
+    /// squared error: clips the largest values when that pays.
+    Mse,
+}
+
+/// How many offsets below `cover` the `Mse` rule tries.
+pub const MSE_CANDIDATES_BELOW: i32 = 4;
+
+impl FromStr for OffsetRule {
+    type Err = FormatError;
+    fn from_str(s: &str) -> Result<Self, FormatError> {
+        match s {
+            "cover" => Ok(OffsetRule::Cover),
+            "mse" => Ok(OffsetRule::Mse),
+            _ => Err(FormatError::Parse {
+                input: s.into(),
+                reason: "offset rule is `cover` or `mse`".into(),
+            }),
+        }
+    }
+}
+
+/// Largest magnitude of a slice; a non-finite value is an error naming its index.
+pub fn abs_max(xs: &[f32]) -> Result<f32, FormatError> {
+    let mut m = 0f32;
+    for (i, &x) in xs.iter().enumerate() {
+        if !x.is_finite() {
+            return Err(FormatError::NonFinite { index: i, value: x });
+        }
+        m = m.max(x.abs());
+    }
+    Ok(m)
+}
+
+/// The smallest offset whose largest value is at least `abs_max`, clamped to the format's
+/// valid offsets. An all-zero input (abs_max 0) gets the offset that covers 1.0.
+pub fn cover_for(format: Format, abs_max: f32) -> i32 {
+    let (lo, hi) = format.offset_range();
+    let target = if abs_max > 0.0 { abs_max as f64 } else { 1.0 };
+    // max(t) = 2^t * max_norm: start from the log2 estimate, then settle exactly.
+    let max_norm = format.mag_value(format.max_mag());
+    let mut t = (target / max_norm).log2().ceil() as i32;
+    t = t.clamp(lo, hi);
+    while t > lo && max_norm * crate::format::pow2(t - 1) >= target {
+        t -= 1;
+    }
+    while t < hi && max_norm * crate::format::pow2(t) < target {
+        t += 1;
+    }
+    t
+}
+
+/// The paper's rule: see [`cover_for`].
+pub fn cover(format: Format, xs: &[f32]) -> Result<i32, FormatError> {
+    Ok(cover_for(format, abs_max(xs)?))
+}
+
+/// Squared error of rounding `xs` to `grid`, in f64.
+pub fn squared_error(grid: &Grid, xs: &[f32]) -> f64 {
+    let lut = crate::Lut::new(grid);
+    xs.iter()
+        .map(|&x| {
+            let d = (x - lut.decode(grid.encode_finite(x))) as f64;
+            d * d
+        })
+        .sum()
+}
+
+/// The offset at or up to [`MSE_CANDIDATES_BELOW`] below `cover` with the least squared error;
+/// ties go to the larger offset (less clipping).
+pub fn mse(format: Format, xs: &[f32]) -> Result<i32, FormatError> {
+    let top = cover(format, xs)?;
+    let (lo, _) = format.offset_range();
+    let mut best = (f64::INFINITY, top);
+    for t in (top - MSE_CANDIDATES_BELOW).max(lo)..=top {
+        let err = squared_error(&Grid::new(format, t)?, xs);
+        if err <= best.0 {
+            best = (err, t);
+        }
+    }
+    Ok(best.1)
+}
+
+/// The offset for `xs` under `rule`.
+pub fn choose(format: Format, xs: &[f32], rule: OffsetRule) -> Result<i32, FormatError> {
+    match rule {
+        OffsetRule::Cover => cover(format, xs),
+        OffsetRule::Mse => mse(format, xs),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cover_is_smallest_covering_offset() {
+        let f = Format::signed(2, 1).unwrap(); // max 6 * 2^t
+        assert_eq!(cover(f, &[6.0]).unwrap(), 0);
+        assert_eq!(cover(f, &[6.01]).unwrap(), 1);
+        assert_eq!(cover(f, &[3.0]).unwrap(), -1);
+        assert_eq!(cover(f, &[-3.01, 1.0]).unwrap(), 0);
+        assert_eq!(cover(f, &[0.0, 0.0]).unwrap(), cover(f, &[1.0]).unwrap());
+        assert!(cover(f, &[1.0, f32::NAN]).is_err());
+        // Beyond the largest offset whose values are finite f32, cover saturates at it.
+        let (_, hi) = f.offset_range();
+        assert_eq!(cover(f, &[3e38]).unwrap(), hi);
+        for x in [1e-30f32, 1e-5, 0.3, 7.0, 1e6, 2e38] {
+            let t = cover(f, &[x]).unwrap();
+            assert!(Grid::new(f, t).unwrap().max() >= x);
+            assert!(Grid::new(f, t - 1).unwrap().max() < x);
+        }
+    }
+
+    #[test]
+    fn mse_clips_an_outlier_when_it_pays() {
+        let f = Format::signed(2, 1).unwrap();
+        let mut xs: Vec<f32> = (0..20000).map(|i| ((i % 13) as f32 - 6.0) * 0.1).collect();
+        xs.push(40.0);
+        let c = cover(f, &xs).unwrap();
+        let m = mse(f, &xs).unwrap();
+        assert!(m < c, "mse {m} should clip below cover {c}");
+        let e = |t| squared_error(&Grid::new(f, t).unwrap(), &xs);
+        assert!(e(m) <= e(c));
+    }
+}
