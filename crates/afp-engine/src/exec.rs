@@ -1,0 +1,398 @@
+//! The executor: a schedule planned once per graph, with intermediate buffers reused as soon
+//! as their last reader has run, and kernels running on a dedicated rayon pool.
+
+use crate::error::{EngineError, Result};
+use crate::ir::{Graph, Node, Op, ValueId};
+use crate::ops;
+use afp_kernels::GemmBias;
+
+/// A graph ready to run, with its buffers.
+pub struct Session {
+    graph: Graph,
+    pool: rayon::ThreadPool,
+    /// Buffer of each slot.
+    slots: Vec<Vec<f32>>,
+    /// Slot of each runtime value (inputs and node outputs).
+    slot_of: Vec<Option<usize>>,
+    scratch: Vec<f32>,
+}
+
+/// Assigns buffers: a value's slot is free again after its last reader.
+fn plan(g: &Graph) -> (usize, Vec<Option<usize>>, Vec<usize>) {
+    let mut last_use = vec![0usize; g.values.len()];
+    for (i, n) in g.nodes.iter().enumerate() {
+        for &v in &n.inputs {
+            last_use[v] = i;
+        }
+    }
+    let mut slot_of = vec![None; g.values.len()];
+    let mut sizes: Vec<usize> = Vec::new();
+    let mut free: Vec<usize> = Vec::new();
+    let take = |need: usize, sizes: &mut Vec<usize>, free: &mut Vec<usize>| -> usize {
+        // Smallest free slot that fits, else the largest free one (grown), else a new one.
+        let fit = free
+            .iter()
+            .enumerate()
+            .filter(|(_, &s)| sizes[s] >= need)
+            .min_by_key(|(_, &s)| sizes[s])
+            .map(|(i, _)| i);
+        let pick = fit.or_else(|| {
+            free.iter()
+                .enumerate()
+                .max_by_key(|(_, &s)| sizes[s])
+                .map(|(i, _)| i)
+        });
+        match pick {
+            Some(i) => {
+                let s = free.swap_remove(i);
+                sizes[s] = sizes[s].max(need);
+                s
+            }
+            None => {
+                sizes.push(need);
+                sizes.len() - 1
+            }
+        }
+    };
+    for &i in &g.inputs {
+        slot_of[i] = Some(take(g.values[i].numel(), &mut sizes, &mut free));
+    }
+    for (k, n) in g.nodes.iter().enumerate() {
+        slot_of[n.output] = Some(take(g.values[n.output].numel(), &mut sizes, &mut free));
+        let mut seen = Vec::new();
+        for &v in &n.inputs {
+            if last_use[v] == k && !g.outputs.contains(&v) && !seen.contains(&v) {
+                seen.push(v);
+                if let Some(s) = slot_of[v] {
+                    free.push(s);
+                }
+            }
+        }
+    }
+    (sizes.len(), slot_of, sizes)
+}
+
+impl Session {
+    pub fn new(graph: Graph, threads: usize) -> Result<Session> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .build()
+            .map_err(|e| EngineError::Graph(format!("cannot start {threads} threads: {e}")))?;
+        let (_, slot_of, sizes) = plan(&graph);
+        let slots = sizes.iter().map(|&s| vec![0f32; s]).collect();
+        Ok(Session {
+            graph,
+            pool,
+            slots,
+            slot_of,
+            scratch: Vec::new(),
+        })
+    }
+
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// Bytes held by intermediate buffers.
+    pub fn buffer_bytes(&self) -> usize {
+        self.slots.iter().map(|s| s.capacity() * 4).sum()
+    }
+
+    /// Runs the graph on one f32 tensor per graph input; returns one tensor per graph output.
+    pub fn run(&mut self, inputs: &[&[f32]]) -> Result<Vec<Vec<f32>>> {
+        self.run_observed(inputs, &mut |_, _, _| {})
+    }
+
+    /// As [`Session::run`], calling `observe(node index, node, output data)` after every node.
+    pub fn run_observed(
+        &mut self,
+        inputs: &[&[f32]],
+        observe: &mut (dyn FnMut(usize, &Node, &[f32]) + Send),
+    ) -> Result<Vec<Vec<f32>>> {
+        if inputs.len() != self.graph.inputs.len() {
+            return Err(EngineError::Graph(format!(
+                "{} inputs given, the model has {}",
+                inputs.len(),
+                self.graph.inputs.len()
+            )));
+        }
+        for (k, &id) in self.graph.inputs.clone().iter().enumerate() {
+            let v = &self.graph.values[id];
+            if inputs[k].len() != v.numel() {
+                return Err(EngineError::Input {
+                    name: v.name.clone(),
+                    reason: format!(
+                        "{} values given, shape {:?} needs {}",
+                        inputs[k].len(),
+                        v.shape,
+                        v.numel()
+                    ),
+                });
+            }
+            let s = self.slot_of[id].expect("inputs have slots");
+            self.slots[s][..inputs[k].len()].copy_from_slice(inputs[k]);
+        }
+        let pool = std::mem::replace(
+            &mut self.pool,
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .build()
+                .expect("1 thread"),
+        );
+        let result = pool.install(|| -> Result<()> {
+            for k in 0..self.graph.nodes.len() {
+                self.run_node(k)?;
+                let n = &self.graph.nodes[k];
+                let s = self.slot_of[n.output].expect("outputs have slots");
+                observe(k, n, &self.slots[s][..self.graph.values[n.output].numel()]);
+            }
+            Ok(())
+        });
+        self.pool = pool;
+        result?;
+        Ok(self
+            .graph
+            .outputs
+            .iter()
+            .map(|&o| {
+                let s = self.slot_of[o].expect("outputs have slots");
+                self.slots[s][..self.graph.values[o].numel()].to_vec()
+            })
+            .collect())
+    }
+
+    fn data(&self, v: ValueId) -> &[f32] {
+        let val = &self.graph.values[v];
+        match &val.konst {
+            Some(c) => c
+                .as_f32()
+                .expect("runtime ops read f32 constants (checked at build)"),
+            None => &self.slots[self.slot_of[v].expect("runtime values have slots")][..val.numel()],
+        }
+    }
+
+    fn run_node(&mut self, k: usize) -> Result<()> {
+        let node = &self.graph.nodes[k];
+        let s_out = self.slot_of[node.output].expect("outputs have slots");
+        let mut out = std::mem::take(&mut self.slots[s_out]);
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let n_out = self.graph.values[node.output].numel();
+        let res = self.compute(node, &mut out[..n_out], &mut scratch);
+        self.slots[s_out] = out;
+        self.scratch = scratch;
+        res
+    }
+
+    fn compute(&self, node: &Node, out: &mut [f32], scratch: &mut Vec<f32>) -> Result<()> {
+        let g = &self.graph;
+        let shape = |v: ValueId| g.values[v].shape.as_slice();
+        let x = node.inputs[0];
+        let xs = shape(x);
+        let osh = shape(node.output);
+        match &node.op {
+            Op::Conv { conv, act } => {
+                let bias = node.inputs.get(2).map(|&b| self.data(b));
+                conv.run(
+                    xs[0],
+                    xs[2],
+                    xs[3],
+                    self.data(x),
+                    self.data(node.inputs[1]),
+                    bias,
+                    *act,
+                    out,
+                    scratch,
+                );
+            }
+            Op::Gemm {
+                trans_a,
+                trans_b,
+                alpha,
+                beta,
+                act,
+            } => {
+                let (m, n) = (osh[0], osh[1]);
+                let k = if *trans_a { xs[0] } else { xs[1] };
+                let bias = node.inputs.get(2).map(|&c| {
+                    let d = self.data(c);
+                    let cs = shape(c);
+                    if d.len() == 1 {
+                        GemmBias::Scalar(d[0])
+                    } else if d.len() == m * n && cs.len() == 2 && cs[0] == m {
+                        GemmBias::Full(d)
+                    } else if cs.len() == 2 && cs[1] == 1 {
+                        GemmBias::Col(d)
+                    } else {
+                        GemmBias::Row(d)
+                    }
+                });
+                afp_kernels::gemm(
+                    m,
+                    n,
+                    k,
+                    self.data(x),
+                    *trans_a,
+                    self.data(node.inputs[1]),
+                    *trans_b,
+                    *alpha,
+                    *beta,
+                    bias,
+                    *act,
+                    out,
+                );
+            }
+            Op::MatMul { act } => {
+                let bsh = shape(node.inputs[1]);
+                let (m, kk, n) = (xs[xs.len() - 2], xs[xs.len() - 1], bsh[bsh.len() - 1]);
+                let (a, b) = (self.data(x), self.data(node.inputs[1]));
+                let batches = out.len() / (m * n).max(1);
+                let b_batches = b.len() / (kk * n).max(1);
+                for i in 0..batches {
+                    let bi = i % b_batches.max(1);
+                    afp_kernels::gemm(
+                        m,
+                        n,
+                        kk,
+                        &a[i * m * kk..(i + 1) * m * kk],
+                        false,
+                        &b[bi * kk * n..(bi + 1) * kk * n],
+                        false,
+                        1.0,
+                        0.0,
+                        None,
+                        *act,
+                        &mut out[i * m * n..(i + 1) * m * n],
+                    );
+                }
+            }
+            Op::Binary { op, act } => {
+                let b = node.inputs[1];
+                ops::binary(
+                    *op,
+                    *act,
+                    self.data(x),
+                    xs,
+                    self.data(b),
+                    shape(b),
+                    out,
+                    osh,
+                );
+            }
+            Op::Sum { act } => {
+                if node.inputs.iter().all(|&v| shape(v) == osh) {
+                    let parts: Vec<&[f32]> = node.inputs.iter().map(|&v| self.data(v)).collect();
+                    ops::sum_same_shape(&parts, *act, out);
+                } else {
+                    let first = node.inputs[0];
+                    ops::binary(
+                        crate::ir::BinOp::Add,
+                        afp_kernels::Activation::None,
+                        self.data(first),
+                        shape(first),
+                        &[0.0],
+                        &[],
+                        out,
+                        osh,
+                    );
+                    let mut acc = vec![0f32; out.len()];
+                    for (i, &v) in node.inputs.iter().enumerate().skip(1) {
+                        let a = if i + 1 == node.inputs.len() {
+                            *act
+                        } else {
+                            afp_kernels::Activation::None
+                        };
+                        acc.copy_from_slice(out);
+                        ops::binary(
+                            crate::ir::BinOp::Add,
+                            a,
+                            &acc,
+                            osh,
+                            self.data(v),
+                            shape(v),
+                            out,
+                            osh,
+                        );
+                    }
+                    if node.inputs.len() == 1 {
+                        act.apply_slice(out);
+                    }
+                }
+            }
+            Op::Unary(act) => {
+                out.copy_from_slice(self.data(x));
+                act.apply_slice(out);
+            }
+            Op::ChannelAffine { act } => {
+                ops::channel_affine(
+                    *act,
+                    self.data(x),
+                    xs,
+                    self.data(node.inputs[1]),
+                    self.data(node.inputs[2]),
+                    out,
+                );
+            }
+            Op::MaxPool(p) => p.max(xs[0] * xs[1], xs[2], xs[3], self.data(x), out),
+            Op::AveragePool {
+                pool,
+                count_include_pad,
+            } => pool.avg(
+                xs[0] * xs[1],
+                xs[2],
+                xs[3],
+                self.data(x),
+                *count_include_pad,
+                out,
+            ),
+            Op::GlobalAveragePool => afp_kernels::global_avg_pool(
+                xs[0] * xs[1],
+                xs[2..].iter().product(),
+                self.data(x),
+                out,
+            ),
+            Op::ReduceMean { axes, .. } => ops::reduce_mean(self.data(x), xs, axes, out),
+            Op::Pad { pads, mode, value } => {
+                ops::pad(self.data(x), xs, pads, *mode, *value, out, osh)
+            }
+            Op::Concat { axis } => {
+                let parts: Vec<(&[f32], &[usize])> = node
+                    .inputs
+                    .iter()
+                    .map(|&v| (self.data(v), shape(v)))
+                    .collect();
+                ops::concat(&parts, *axis, out);
+            }
+            Op::Copy => out.copy_from_slice(self.data(x)),
+            Op::Transpose { perm } => ops::transpose(self.data(x), xs, perm, out),
+            Op::Softmax { axis, coerce_2d } => {
+                ops::softmax(self.data(x), xs, *axis, *coerce_2d, out)
+            }
+            Op::Slice { starts, steps } => ops::slice(self.data(x), xs, starts, steps, osh, out),
+            Op::Quantize { grid } => {
+                out.copy_from_slice(self.data(x));
+                grid.quantize_slice(out).map_err(|e| {
+                    crate::error::node_err(
+                        &node.name,
+                        "Quantize",
+                        format!("input {:?}: {e}", g.values[x].name),
+                    )
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks that every runtime op reads f32 data (integer tensors only exist at load time).
+pub fn check_runtime_types(g: &Graph) -> Result<()> {
+    for n in &g.nodes {
+        for &v in &n.inputs {
+            if let Some(c) = &g.values[v].konst {
+                if !c.is_float() {
+                    return Err(crate::error::node_err(&n.name, n.op.name(), format!("input {:?} is an integer tensor at run time; only float tensors are computed", g.values[v].name)));
+                }
+            }
+        }
+    }
+    Ok(())
+}
