@@ -102,6 +102,32 @@ impl Dataset {
         Ok(ds)
     }
 
+    /// Open image folder `dir` with a labels file kept elsewhere (same format as `labels.txt`;
+    /// paths in it are relative to `dir`). Class names come from `dir` as in [`Dataset::open`].
+    pub fn open_with_labels(dir: impl AsRef<Path>, labels: impl AsRef<Path>) -> Result<Dataset> {
+        let dir = dir.as_ref().to_path_buf();
+        if !dir.is_dir() {
+            return Err(Error::Dataset {
+                path: dir,
+                msg: "image folder does not exist or is not a folder".into(),
+            });
+        }
+        let samples = parse_labels(labels.as_ref())?;
+        if samples.is_empty() {
+            return Err(Error::Dataset {
+                path: labels.as_ref().to_path_buf(),
+                msg: "labels file lists no images".into(),
+            });
+        }
+        let (class_names, synsets) = read_class_names(&dir)?;
+        Ok(Dataset {
+            dir,
+            samples,
+            class_names,
+            synsets,
+        })
+    }
+
     fn from_subfolders(dir: PathBuf) -> Result<Dataset> {
         let classes: Vec<PathBuf> = sorted_entries(&dir)?
             .into_iter()

@@ -13,6 +13,7 @@ pub mod batch;
 pub mod card;
 pub mod dataset;
 pub mod error;
+pub mod evaluate;
 pub mod metrics;
 pub mod npy;
 pub mod preprocess;
@@ -24,6 +25,7 @@ pub use dataset::{
     calibration_indices, read_reference_top5, strided_indices, Dataset, ReferenceTop5, Sample,
 };
 pub use error::{Error, Result};
+pub use evaluate::{evaluate, Evaluation};
 pub use metrics::{argmax, pred_to_label, top1_agreement, top_k, Accuracy, Agreement};
 pub use npy::{read_npy, write_npy, NpyF32};
 pub use preprocess::{decode_rgb8, decode_rgb8_bytes, ChannelOrder, Preprocess, PRESET_NAMES};
