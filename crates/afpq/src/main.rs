@@ -1,6 +1,13 @@
 //! `afpq`: the command-line tool. Thin: every command is a call into the libraries.
 
+mod bench;
+mod common;
+mod engine_run;
+mod eval;
+mod inspect;
 mod levels;
+mod quantize;
+mod run;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -20,12 +27,27 @@ struct Cli {
 enum Command {
     /// Print every value of a number format in increasing order.
     Levels(levels::Args),
+    /// Show a model: inputs, outputs, operators, parameters and MACs per layer, weight statistics.
+    Inspect(inspect::Args),
+    /// Top-1/top-5 accuracy of a model on a labelled image folder.
+    Eval(eval::Args),
+    /// Classify images: the top-5 classes of each.
+    Run(run::Args),
+    /// Images per second, after warm-up, for several batch sizes and thread counts.
+    Bench(bench::Args),
+    /// Quantize a model's weights (and layer inputs) to AFP: calibration, per-layer search, a plan.
+    Quantize(Box<quantize::Args>),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Levels(args) => levels::run(&args),
+        Command::Inspect(args) => inspect::run(&args),
+        Command::Eval(args) => eval::run(&args),
+        Command::Run(args) => run::run(&args),
+        Command::Bench(args) => bench::run(&args),
+        Command::Quantize(args) => quantize::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

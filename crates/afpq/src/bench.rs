@@ -1,0 +1,194 @@
+use crate::common;
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// ONNX model.
+    model: PathBuf,
+    /// Batch sizes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,8", value_parser = clap::value_parser!(u32).range(1..))]
+    batch: Vec<u32>,
+    /// Thread counts, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2", value_parser = clap::value_parser!(u32).range(1..))]
+    threads: Vec<u32>,
+    /// Measure for at least this many seconds per configuration (after warm-up).
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Warm-up runs per configuration.
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// Also measure ONNX Runtime on the same model, batch and threads (../shared/tools/peer_ort.py,
+    /// with the Python of AFPQ_PEER_PYTHON or ~/.cache/afpq-peer-venv).
+    #[arg(long)]
+    peer: bool,
+    /// Also print where the time goes: per operator type and the slowest nodes (one run).
+    #[arg(long)]
+    profile: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+/// Deterministic standard-normal-ish input (sum of uniforms), as the peer script uses random normal data.
+fn input(n: usize) -> Vec<f32> {
+    let mut s = 0x853c49e6748fea9bu64;
+    (0..n)
+        .map(|_| {
+            let mut acc = 0f32;
+            for _ in 0..4 {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                acc += (s >> 40) as f32 / (1u64 << 24) as f32;
+            }
+            (acc - 2.0) * 1.732
+        })
+        .collect()
+}
+
+fn peer_paths() -> Result<(PathBuf, PathBuf)> {
+    let py = match std::env::var_os("AFPQ_PEER_PYTHON") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+            .join(".cache/afpq-peer-venv/bin/python"),
+    };
+    let script = match std::env::var_os("AFPQ_PEER_SCRIPT") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from("../shared/tools/peer_ort.py"),
+    };
+    if !py.is_file() || !script.is_file() {
+        bail!(
+            "--peer needs ONNX Runtime: run ../shared/tools/setup_peer.sh (looked for {} and {}; set AFPQ_PEER_PYTHON / AFPQ_PEER_SCRIPT)",
+            py.display(),
+            script.display()
+        );
+    }
+    Ok((py, script))
+}
+
+fn run_peer(model: &Path, batch: usize, threads: usize) -> Result<serde_json::Value> {
+    let (py, script) = peer_paths()?;
+    let out = std::process::Command::new(&py)
+        .arg(&script)
+        .args(["speed", "--model"])
+        .arg(model)
+        .args([
+            "--batch",
+            &batch.to_string(),
+            "--threads",
+            &threads.to_string(),
+            "--iters",
+            "20",
+        ])
+        .output()
+        .with_context(|| format!("running {}", py.display()))?;
+    if !out.status.success() {
+        bail!(
+            "peer_ort.py failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last = text.lines().last().unwrap_or("");
+    serde_json::from_str(last).with_context(|| format!("peer output {last:?}"))
+}
+
+pub fn run(a: &Args) -> Result<()> {
+    let model = common::load_model(&a.model)?;
+    let inputs = model.input_names();
+    if inputs.len() != 1 {
+        bail!("bench supports models with one input; this one has {inputs:?}");
+    }
+    let mut rows = Vec::new();
+    for &threads in &a.threads {
+        for &batch in &a.batch {
+            let (threads, batch) = (threads as usize, batch as usize);
+            let mut s = model.session(batch, threads)?;
+            let n: usize = s.graph().values[s.graph().inputs[0]].numel();
+            let x = input(n);
+            for _ in 0..a.warmup {
+                s.run(&[&x])?;
+            }
+            let mut times = Vec::new();
+            let start = Instant::now();
+            while start.elapsed().as_secs_f64() < a.seconds || times.len() < 3 {
+                let t = Instant::now();
+                s.run(&[&x])?;
+                times.push(t.elapsed().as_secs_f64());
+            }
+            if a.profile && !a.json {
+                profile(&mut s, &x)?;
+            }
+            let total: f64 = times.iter().sum();
+            times.sort_by(|a, b| a.total_cmp(b));
+            let median = times[times.len() / 2];
+            let ips = batch as f64 * times.len() as f64 / total;
+            let mut row = json!({
+                "batch": batch, "threads": threads, "runs": times.len(),
+                "images_per_s": ips, "ms_per_batch_median": median * 1e3,
+            });
+            let mut line = format!("batch {batch:>3}  threads {threads:>2}  {ips:>9.1} images/s  median {:>8.2} ms/batch", median * 1e3);
+            if a.peer {
+                let p = run_peer(&a.model, batch, threads)?;
+                let pips = p["images_per_s"].as_f64().unwrap_or(f64::NAN);
+                row["peer"] = p.clone();
+                row["ratio_vs_peer"] = json!(ips / pips);
+                line += &format!(
+                    "   | {}: {pips:.1} images/s  ratio {:.2}x",
+                    p["peer"].as_str().unwrap_or("peer"),
+                    ips / pips
+                );
+            }
+            if !a.json {
+                println!("{line}");
+            }
+            rows.push(row);
+        }
+    }
+    if a.json {
+        println!(
+            "{}",
+            json!({"model": a.model.display().to_string(), "engine": "afpq fp32", "results": rows})
+        );
+    }
+    Ok(())
+}
+
+/// Times each node of one run (the time between successive node completions).
+fn profile(s: &mut afp_engine::Session, x: &[f32]) -> Result<()> {
+    let mut per_node: Vec<(String, String, f64)> = Vec::new();
+    let mut last = Instant::now();
+    s.run_observed(&[x], &mut |_, n, _| {
+        let now = Instant::now();
+        per_node.push((
+            n.name.clone(),
+            n.op.name().to_string(),
+            (now - last).as_secs_f64(),
+        ));
+        last = now;
+    })?;
+    let total: f64 = per_node.iter().map(|p| p.2).sum();
+    let mut by_op: std::collections::BTreeMap<String, (f64, usize)> = Default::default();
+    for (_, op, t) in &per_node {
+        let e = by_op.entry(op.clone()).or_default();
+        e.0 += t;
+        e.1 += 1;
+    }
+    let mut ops: Vec<_> = by_op.into_iter().collect();
+    ops.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
+    println!("  profile ({:.2} ms):", total * 1e3);
+    for (op, (t, n)) in ops {
+        println!(
+            "    {op:<20} {n:>4} nodes {:>9.2} ms {:>5.1}%",
+            t * 1e3,
+            100.0 * t / total
+        );
+    }
+    per_node.sort_by(|a, b| b.2.total_cmp(&a.2));
+    for (name, op, t) in per_node.iter().take(8) {
+        println!("    slowest: {op:<10} {:>8.2} ms  {name}", t * 1e3);
+    }
+    Ok(())
+}

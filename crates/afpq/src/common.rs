@@ -1,0 +1,110 @@
+//! What several commands share: finding the model and the images, progress bars, threads.
+
+use afp_eval::{Card, Dataset, Preprocess};
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::{Path, PathBuf};
+
+/// Where the images and their preprocessing come from: a model card, or a preset and labels.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DataArgs {
+    /// Model card (JSON, schema of ../shared/data/README.md): preprocessing, dataset, labels.
+    #[arg(long)]
+    pub card: Option<PathBuf>,
+    /// Image folder (default: the card's dataset). Holds labels.txt or <class>/ subfolders.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Labels file (`<file> <class>` per line) for --data, when it is not DATA/labels.txt.
+    #[arg(long)]
+    pub labels: Option<PathBuf>,
+    /// Preprocessing preset when there is no card: torchvision, caffe, tf or raw.
+    #[arg(long)]
+    pub preprocess: Option<String>,
+    /// Crop size for --preprocess (default 224; for raw, the image size).
+    #[arg(long)]
+    pub crop: Option<u32>,
+}
+
+pub struct DataSource {
+    pub card: Option<Card>,
+    pub preprocess: Preprocess,
+    pub label_offset: i64,
+}
+
+impl DataArgs {
+    pub fn card(&self) -> Result<Option<Card>> {
+        self.card
+            .as_ref()
+            .map(|p| Card::load(p).with_context(|| format!("reading model card {}", p.display())))
+            .transpose()
+    }
+
+    /// The preprocessing (card, or preset), without needing a dataset.
+    pub fn source(&self) -> Result<DataSource> {
+        let card = self.card()?;
+        let preprocess = match (&card, &self.preprocess) {
+            (_, Some(p)) => Preprocess::preset(p, self.crop)
+                .with_context(|| format!("preprocessing preset {p:?}"))?,
+            (Some(c), None) => c.preprocess().context("the card's preprocessing")?,
+            (None, None) => {
+                bail!("give --card CARD.json, or --preprocess PRESET (torchvision, caffe, tf, raw)")
+            }
+        };
+        let label_offset = card.as_ref().map(|c| c.label_offset).unwrap_or(0);
+        Ok(DataSource {
+            card,
+            preprocess,
+            label_offset,
+        })
+    }
+
+    /// The labelled dataset: --data (with --labels) or the card's dataset.
+    pub fn dataset(&self, src: &DataSource) -> Result<Dataset> {
+        let dir = match (&self.data, &src.card) {
+            (Some(d), _) => d.clone(),
+            (None, Some(c)) => c
+                .dataset_dir()
+                .context("the card names no dataset; give --data DIR")?,
+            (None, None) => bail!("give --data DIR (with --preprocess) or --card CARD.json"),
+        };
+        let ds = match &self.labels {
+            Some(l) => Dataset::open_with_labels(&dir, l),
+            None => Dataset::open(&dir),
+        };
+        ds.with_context(|| format!("opening image folder {}", dir.display()))
+    }
+}
+
+/// The model path: given, or the card's.
+pub fn model_path(model: Option<&Path>, card: Option<&Card>) -> Result<PathBuf> {
+    match (model, card) {
+        (Some(m), _) => Ok(m.to_path_buf()),
+        (None, Some(c)) => Ok(c.model_path()),
+        (None, None) => bail!("give a MODEL file (or a --card that names one)"),
+    }
+}
+
+pub fn load_model(path: &Path) -> Result<afp_engine::Model> {
+    afp_engine::Model::load(path).with_context(|| format!("loading model {}", path.display()))
+}
+
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// A progress bar on stderr; hidden with --quiet and when stderr is not a terminal.
+pub fn progress(len: u64, what: &str, quiet: bool) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} {per_sec} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
+}

@@ -1,0 +1,99 @@
+//! Running an image classifier on batches of any size: one engine session per batch size.
+
+use afp_engine::{Model, Session};
+use anyhow::{bail, Context, Result};
+use std::collections::HashMap;
+
+pub struct Classifier {
+    pub model: Model,
+    /// Applied to every lowered graph: the simulated quantized model.
+    pub plan: Option<afp_quant::Plan>,
+    pub threads: usize,
+    sessions: HashMap<usize, Session>,
+    /// C, H, W of the single input.
+    pub input_chw: [usize; 3],
+}
+
+impl Classifier {
+    pub fn new(model: Model, threads: usize) -> Result<Classifier> {
+        let inputs = model.input_names();
+        if inputs.len() != 1 {
+            bail!(
+                "the model has {} inputs ({inputs:?}); an image classifier has one",
+                inputs.len()
+            );
+        }
+        let shape = model.input_shape(&inputs[0], 1)?;
+        if shape.len() != 4 {
+            bail!(
+                "input {:?} has shape {shape:?}; an image batch N x C x H x W is expected",
+                inputs[0]
+            );
+        }
+        Ok(Classifier {
+            model,
+            plan: None,
+            threads,
+            sessions: HashMap::new(),
+            input_chw: [shape[1], shape[2], shape[3]],
+        })
+    }
+
+    /// Fails unless images preprocessed to `chw` fit the model's input.
+    pub fn check_input(&self, chw: [usize; 3]) -> Result<()> {
+        if chw != self.input_chw {
+            bail!(
+                "the preprocessing makes {}x{}x{} images but the model expects {}x{}x{} (wrong card or preset for this model?)",
+                chw[0], chw[1], chw[2], self.input_chw[0], self.input_chw[1], self.input_chw[2]
+            );
+        }
+        Ok(())
+    }
+
+    pub fn session(&mut self, batch: usize) -> Result<&mut Session> {
+        if !self.sessions.contains_key(&batch) {
+            let mut g = self
+                .model
+                .lower(batch)
+                .with_context(|| format!("preparing the model for batch {batch}"))?;
+            if let Some(p) = &self.plan {
+                afp_quant::apply(&mut g, p)
+                    .map_err(anyhow::Error::msg)
+                    .context("applying the quantization plan")?;
+            }
+            afp_engine::exec::check_runtime_types(&g)?;
+            let s = Session::new(g, self.threads)?;
+            self.sessions.insert(batch, s);
+        }
+        Ok(self.sessions.get_mut(&batch).expect("inserted above"))
+    }
+
+    /// Scores (`n x classes`) of a batch of `n` preprocessed images.
+    pub fn infer(&mut self, x: &[f32], n: usize) -> Result<Vec<f32>> {
+        let s = self.session(n)?;
+        Ok(s.run(&[x])?.remove(0))
+    }
+}
+
+/// Reads a plan file (`.afp`).
+pub fn read_plan(path: &std::path::Path) -> Result<afp_quant::Plan> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    afp_quant::Plan::from_json(&text)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("{} is not an afpq plan", path.display()))
+}
+
+/// A classifier for a model file: an ONNX model, or a `.afp` plan (its model, simulated).
+pub fn open(path: &std::path::Path, threads: usize) -> Result<Classifier> {
+    if path.extension().is_some_and(|e| e == "afp") {
+        let plan = read_plan(path)?;
+        let model = crate::common::load_model(std::path::Path::new(&plan.model))
+            .with_context(|| format!("the model of plan {}", path.display()))?;
+        let mut c = Classifier::new(model, threads)?;
+        c.plan = Some(plan);
+        Ok(c)
+    } else {
+        Classifier::new(crate::common::load_model(path)?, threads)
+    }
+}
