@@ -270,17 +270,21 @@ impl Grid {
         Ok(())
     }
 
-    /// Rounds a slice to the grid in place; the first non-finite value is an error.
+    /// Rounds a slice to the grid in place (bulk encoder, then a lookup table); the first
+    /// non-finite value is an error naming its index.
     pub fn quantize_slice(&self, xs: &mut [f32]) -> Result<(), FormatError> {
         let lut = crate::Lut::new(self);
-        for (i, x) in xs.iter_mut().enumerate() {
-            if !x.is_finite() {
-                return Err(FormatError::NonFinite {
-                    index: i,
-                    value: *x,
-                });
-            }
-            *x = lut.decode(self.encode_finite(*x));
+        let mut codes = [0u8; 256];
+        for (ci, chunk) in xs.chunks_mut(256).enumerate() {
+            let c = &mut codes[..chunk.len()];
+            self.encode_slice(chunk, c).map_err(|e| match e {
+                FormatError::NonFinite { index, value } => FormatError::NonFinite {
+                    index: index + ci * 256,
+                    value,
+                },
+                e => e,
+            })?;
+            lut.decode_slice(c, chunk);
         }
         Ok(())
     }

@@ -1,0 +1,13 @@
+//! AFP post-training quantization: calibration ([`calib`]), objectives and per-layer search
+//! ([`search`]), weight handling and baselines ([`weights`]), plans ([`plan`]), and turning
+//! statistics into a plan and a plan into a simulated graph ([`quantize`]).
+
+pub mod calib;
+pub mod plan;
+pub mod quantize;
+pub mod search;
+pub mod weights;
+
+pub use plan::Plan;
+pub use quantize::{apply, plan_layers, quantizable_layers, totals, ActMode, QuantizeOptions};
+pub use search::{Family, Objective, SearchOptions};

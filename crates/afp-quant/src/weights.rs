@@ -1,0 +1,304 @@
+//! Weight tensors of quantizable layers: their `[out channels, reduction]` view, quantizing
+//! them with a format (AFP with power-of-two offsets, or INT with real MSE-optimal scales),
+//! and the error measures the search compares.
+
+use crate::plan::{NumFormat, WeightPlan};
+use afp_engine::ir::{Graph, Node, Op};
+use afp_format::offset::OffsetRule;
+use afp_format::tensor::{GroupLayout, QuantizedTensor};
+use afp_format::Granularity;
+
+/// A layer's weights seen as `[channels, reduction]`, row-major.
+#[derive(Debug, Clone)]
+pub struct WeightView {
+    pub data: Vec<f32>,
+    pub channels: usize,
+    pub reduction: usize,
+    /// The graph stores it transposed (`[K, N]`: Gemm without transB, MatMul).
+    pub transposed: bool,
+    pub shape: Vec<usize>,
+}
+
+impl WeightView {
+    /// The weight of a Conv, Gemm or 2-D MatMul node with a constant weight.
+    pub fn of(g: &Graph, n: &Node) -> Option<WeightView> {
+        let w = *n.inputs.get(1)?;
+        let data = g.const_f32(w)?;
+        let shape = g.values[w].shape.clone();
+        let transposed = match &n.op {
+            Op::Conv { .. } => false,
+            Op::Gemm { trans_b, .. } => !trans_b,
+            Op::MatMul { .. } if shape.len() == 2 => true,
+            _ => return None,
+        };
+        if transposed {
+            let (k, nn) = (shape[0], shape[1]);
+            let mut t = vec![0f32; data.len()];
+            for i in 0..k {
+                for j in 0..nn {
+                    t[j * k + i] = data[i * nn + j];
+                }
+            }
+            Some(WeightView {
+                data: t,
+                channels: nn,
+                reduction: k,
+                transposed,
+                shape,
+            })
+        } else {
+            let channels = shape[0];
+            Some(WeightView {
+                data: data.to_vec(),
+                channels,
+                reduction: data.len() / channels.max(1),
+                transposed,
+                shape,
+            })
+        }
+    }
+
+    /// Back to the graph's layout.
+    pub fn to_graph_layout(&self, v: &[f32]) -> Vec<f32> {
+        if !self.transposed {
+            return v.to_vec();
+        }
+        let (nn, k) = (self.channels, self.reduction);
+        let mut t = vec![0f32; v.len()];
+        for j in 0..nn {
+            for i in 0..k {
+                t[i * nn + j] = v[j * k + i];
+            }
+        }
+        t
+    }
+
+    pub fn granularity_groups(&self, g: Granularity) -> GroupLayout {
+        GroupLayout::new(g, &[self.channels, self.reduction], self.data.len())
+            .expect("shape matches")
+    }
+}
+
+pub fn granularity_name(g: Granularity) -> String {
+    g.to_string()
+}
+
+/// Quantizes weights with `format`; returns the plan entry and the decoded weights
+/// (`[channels, reduction]` layout).
+pub fn quantize(
+    w: &WeightView,
+    format: NumFormat,
+    gran: Granularity,
+    rule: OffsetRule,
+) -> Result<(WeightPlan, Vec<f32>), String> {
+    match format.format() {
+        Some(f) => {
+            let q = QuantizedTensor::quantize(&w.data, &[w.channels, w.reduction], f, gran, rule)
+                .map_err(|e| e.to_string())?;
+            let dec = q.decode();
+            Ok((
+                WeightPlan {
+                    format,
+                    granularity: granularity_name(gran),
+                    offsets: q.offsets,
+                    scales: vec![],
+                },
+                dec,
+            ))
+        }
+        None => {
+            let layout = w.granularity_groups(gran);
+            let bits = format.bits;
+            let mut scales = Vec::with_capacity(layout.groups());
+            let mut dec = vec![0f32; w.data.len()];
+            for gi in 0..layout.groups() {
+                let r = layout.group_range(gi);
+                let s = int_mse_scale(&w.data[r.clone()], bits);
+                int_round(&w.data[r.clone()], s, bits, &mut dec[r]);
+                scales.push(s);
+            }
+            Ok((
+                WeightPlan {
+                    format,
+                    granularity: granularity_name(gran),
+                    offsets: vec![],
+                    scales,
+                },
+                dec,
+            ))
+        }
+    }
+}
+
+/// Decodes weights from a plan entry (re-encoding the original weights with the plan's offsets
+/// or scales, which gives the same codes as when the plan was made).
+pub fn decode_with_plan(w: &WeightView, p: &WeightPlan) -> Result<Vec<f32>, String> {
+    let gran: Granularity = p
+        .granularity
+        .parse()
+        .map_err(|e: afp_format::FormatError| e.to_string())?;
+    let layout = w.granularity_groups(gran);
+    match p.format.format() {
+        Some(f) => {
+            let q = QuantizedTensor::with_offsets(
+                &w.data,
+                &[w.channels, w.reduction],
+                f,
+                layout,
+                p.offsets.clone(),
+            )
+            .map_err(|e| e.to_string())?;
+            Ok(q.decode())
+        }
+        None => {
+            if p.scales.len() != layout.groups() {
+                return Err(format!(
+                    "{} scales for {} groups",
+                    p.scales.len(),
+                    layout.groups()
+                ));
+            }
+            let mut dec = vec![0f32; w.data.len()];
+            for (gi, &s) in p.scales.iter().enumerate() {
+                let r = layout.group_range(gi);
+                int_round(&w.data[r.clone()], s, p.format.bits, &mut dec[r]);
+            }
+            Ok(dec)
+        }
+    }
+}
+
+fn int_round(x: &[f32], scale: f32, bits: u32, out: &mut [f32]) {
+    let qmax = ((1i32 << (bits - 1)) - 1) as f32;
+    if scale <= 0.0 {
+        out.fill(0.0);
+        return;
+    }
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = (v / scale).round_ties_even().clamp(-qmax, qmax) * scale;
+    }
+}
+
+/// The symmetric integer scale with the least squared error: `absmax/qmax` times a clipping
+/// ratio searched over 0.30..=1.00 in steps of 0.01.
+pub fn int_mse_scale(x: &[f32], bits: u32) -> f32 {
+    let absmax = x.iter().fold(0f32, |a, &v| a.max(v.abs()));
+    if absmax == 0.0 {
+        return 1.0;
+    }
+    let qmax = ((1i32 << (bits - 1)) - 1) as f32;
+    let mut best = (f64::INFINITY, absmax / qmax);
+    let mut tmp = vec![0f32; x.len()];
+    for r in (30..=100).rev() {
+        let s = absmax * r as f32 / 100.0 / qmax;
+        int_round(x, s, bits, &mut tmp);
+        let e: f64 = x
+            .iter()
+            .zip(&tmp)
+            .map(|(&a, &b)| ((a - b) as f64).powi(2))
+            .sum();
+        if e < best.0 {
+            best = (e, s);
+        }
+    }
+    best.1
+}
+
+/// Relative squared error `sum (w-q)^2 / sum w^2`.
+pub fn relative_mse(w: &[f32], q: &[f32]) -> f64 {
+    let (mut e, mut s) = (0f64, 0f64);
+    for (&a, &b) in w.iter().zip(q) {
+        e += ((a - b) as f64).powi(2);
+        s += (a as f64).powi(2);
+    }
+    if s == 0.0 {
+        0.0
+    } else {
+        e / s
+    }
+}
+
+/// Signal-to-quantization-noise ratio in dB.
+pub fn sqnr_db(w: &[f32], q: &[f32]) -> f64 {
+    let r = relative_mse(w, q);
+    if r == 0.0 {
+        f64::INFINITY
+    } else {
+        -10.0 * r.log10()
+    }
+}
+
+/// KL divergence between the distribution of `w` and that of its quantized values, on a
+/// 2048-bin histogram over `[-absmax, absmax]`; the quantized mass of each level is spread
+/// evenly over the non-empty original bins that round to it (as TensorRT's calibrator does),
+/// so the measure sees both rounding within a level's range and clipping.
+pub fn kl_divergence(w: &[f32], q: &[f32]) -> f64 {
+    const BINS: usize = 2048;
+    let absmax = w.iter().fold(0f32, |a, &v| a.max(v.abs()));
+    if absmax == 0.0 || w.is_empty() {
+        return 0.0;
+    }
+    let bin = |v: f32| (((v / absmax + 1.0) * 0.5 * BINS as f32) as usize).min(BINS - 1);
+    let mut p = vec![0f64; BINS];
+    // For each original bin, the level its first member goes to: bins are narrow, so the
+    // members of one bin almost always share a level.
+    let mut level_of_bin: Vec<Option<f32>> = vec![None; BINS];
+    for (&a, &b) in w.iter().zip(q) {
+        let i = bin(a);
+        p[i] += 1.0;
+        level_of_bin[i].get_or_insert(b);
+    }
+    let mut mass: std::collections::HashMap<u32, (f64, f64)> = std::collections::HashMap::new();
+    for i in 0..BINS {
+        if let Some(l) = level_of_bin[i] {
+            let e = mass.entry(l.to_bits()).or_default();
+            e.0 += p[i];
+            e.1 += 1.0;
+        }
+    }
+    let n = w.len() as f64;
+    let mut kl = 0.0;
+    for i in 0..BINS {
+        if p[i] == 0.0 {
+            continue;
+        }
+        let l = level_of_bin[i].expect("non-empty bins have a level");
+        let (m, cnt) = mass[&l.to_bits()];
+        let qi = m / cnt / n;
+        let pi = p[i] / n;
+        kl += pi * (pi / qi).ln();
+    }
+    kl
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn int_scale_is_mse_optimal_among_candidates() {
+        let x: Vec<f32> = (0..1000)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+            .chain([8.0])
+            .collect();
+        let s = int_mse_scale(&x, 4);
+        assert!(s < 8.0 / 7.0, "outlier should be clipped: {s}");
+        let mut q = vec![0f32; x.len()];
+        int_round(&x, s, 4, &mut q);
+        let mut q2 = vec![0f32; x.len()];
+        int_round(&x, 8.0 / 7.0, 4, &mut q2);
+        assert!(relative_mse(&x, &q) < relative_mse(&x, &q2));
+    }
+
+    #[test]
+    fn kl_is_zero_for_exact_and_grows_with_coarseness() {
+        let x: Vec<f32> = (0..5000).map(|i| ((i as f32) * 0.7123).sin()).collect();
+        assert!(kl_divergence(&x, &x) < 1e-9);
+        let f = |bits| {
+            let mut q = vec![0f32; x.len()];
+            int_round(&x, 1.0 / ((1 << (bits - 1)) - 1) as f32, bits, &mut q);
+            kl_divergence(&x, &q)
+        };
+        assert!(f(3) > f(5) && f(5) > f(8), "{} {} {}", f(3), f(5), f(8));
+    }
+}

@@ -1,0 +1,306 @@
+use crate::common::{self, DataArgs};
+use crate::engine_run::Classifier;
+use afp_format::{offset::OffsetRule, Granularity, ZeroMode};
+use afp_quant::{ActMode, Family, Objective, Plan, QuantizeOptions, SearchOptions};
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+
+#[derive(clap::Args, Clone)]
+pub struct QuantArgs {
+    /// Bits per weight for every layer (3..8).
+    #[arg(long, default_value_t = 8)]
+    pub bits: u32,
+    /// Model-wide average weight bits (by parameter count); per-layer widths from 3 to 8 are
+    /// chosen to minimize the summed objective.
+    #[arg(long)]
+    pub avg_bits: Option<f64>,
+    /// Layer inputs: `none`, a bit-width, or `auto` (widths under --avg-act-bits).
+    #[arg(long, default_value = "none")]
+    pub acts: String,
+    /// Average activation bits (by element count) for --acts auto.
+    #[arg(long)]
+    pub avg_act_bits: Option<f64>,
+    /// Weight offsets per output channel or per tensor.
+    #[arg(long, default_value = "channel")]
+    pub granularity: String,
+    /// kl (the paper's), mse (weight error) or output (layer output error on calibration data).
+    #[arg(long, default_value = "mse")]
+    pub objective: String,
+    /// Weight of the hardware-cost term in the objective.
+    #[arg(long, default_value_t = 0.0)]
+    pub penalty: f64,
+    /// Offset rule inside each group: cover (no clipping, the paper) or mse.
+    #[arg(long, default_value = "mse")]
+    pub offset: String,
+    /// Format family: afp, int, fp8-e4m3, fp8-e5m2, fp6-e3m2, fp6-e2m3, fp4-e2m1.
+    #[arg(long, default_value = "afp")]
+    pub format: String,
+    /// Format family of activations (default: afp).
+    #[arg(long, default_value = "afp")]
+    pub act_format: String,
+    /// Zero mode of AFP formats.
+    #[arg(long, default_value = "subnormal")]
+    pub zero_mode: String,
+    /// Keep the first and last layers at 8 bits.
+    #[arg(long)]
+    pub keep_first_last: bool,
+    /// Correct each layer's mean output shift on calibration data.
+    #[arg(long)]
+    pub bias_correct: bool,
+    /// Calibration images from the dataset (spread over it deterministically).
+    #[arg(long, default_value_t = 32)]
+    pub calib: usize,
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// ONNX model (default: the card's model).
+    model: Option<PathBuf>,
+    /// Output plan file (.afp).
+    #[arg(short, long)]
+    output: PathBuf,
+    /// The JSON report (default: OUTPUT with .report.json).
+    #[arg(long)]
+    report: Option<PathBuf>,
+    #[command(flatten)]
+    data: DataArgs,
+    #[command(flatten)]
+    q: QuantArgs,
+    #[arg(long)]
+    threads: Option<usize>,
+    #[arg(long)]
+    json: bool,
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+impl QuantArgs {
+    pub fn options(&self) -> Result<QuantizeOptions> {
+        let family: Family = self.format.parse().map_err(anyhow::Error::msg)?;
+        let act_family: Family = self.act_format.parse().map_err(anyhow::Error::msg)?;
+        let granularity: Granularity = self.granularity.parse()?;
+        if !matches!(
+            granularity,
+            Granularity::PerTensor | Granularity::PerChannel
+        ) {
+            bail!("--granularity is tensor or channel");
+        }
+        if !(2..=8).contains(&self.bits) {
+            bail!("--bits must be 2..8");
+        }
+        let acts = match self.acts.as_str() {
+            "none" => ActMode::None,
+            "auto" => ActMode::Auto,
+            b => match b.parse::<u32>() {
+                Ok(b) if (2..=8).contains(&b) => ActMode::Bits(b),
+                _ => bail!("--acts is none, auto or a bit-width 2..8"),
+            },
+        };
+        if let Some(a) = self.avg_bits {
+            if !(3.0..=8.0).contains(&a) {
+                bail!("--avg-bits must be between 3 and 8");
+            }
+        }
+        Ok(QuantizeOptions {
+            search: SearchOptions {
+                family,
+                granularity,
+                objective: self
+                    .objective
+                    .parse::<Objective>()
+                    .map_err(anyhow::Error::msg)?,
+                penalty: self.penalty,
+                offset_rule: self.offset.parse::<OffsetRule>()?,
+                zero_mode: self.zero_mode.parse::<ZeroMode>()?,
+            },
+            bits: self.bits,
+            avg_bits: self.avg_bits,
+            acts,
+            act_family,
+            avg_act_bits: self.avg_act_bits,
+            keep_first_last: self.keep_first_last,
+            bias_correct: self.bias_correct,
+            min_bits: 3,
+            max_bits: 8,
+        })
+    }
+
+    pub fn describe(&self) -> serde_json::Value {
+        json!({
+            "bits": self.bits, "avg_bits": self.avg_bits, "acts": self.acts, "avg_act_bits": self.avg_act_bits,
+            "granularity": self.granularity, "objective": self.objective, "penalty": self.penalty,
+            "offset": self.offset, "format": self.format, "act_format": self.act_format, "zero_mode": self.zero_mode,
+            "keep_first_last": self.keep_first_last, "bias_correct": self.bias_correct, "calib": self.calib,
+            "search": "exhaustive",
+        })
+    }
+}
+
+/// Calibrates and plans. Returns the plan (not yet written).
+pub fn make_plan(
+    model_path: &Path,
+    data: &DataArgs,
+    q: &QuantArgs,
+    threads: usize,
+    quiet: bool,
+) -> Result<Plan> {
+    let opts = q.options()?;
+    let src = data.source()?;
+    let ds = data.dataset(&src)?;
+    let clf = Classifier::new(common::load_model(model_path)?, threads)?;
+    clf.check_input(src.preprocess.chw())?;
+    if q.calib == 0 {
+        bail!("--calib must be at least 1");
+    }
+    let idx = afp_eval::dataset::calibration_indices(ds.len(), q.calib.min(ds.len()), 0);
+    let batch = 8.min(idx.len());
+    let g = clf.model.lower(batch)?;
+    let layers = afp_quant::quantizable_layers(&g);
+    if layers.is_empty() {
+        bail!("the model has no Conv, Gemm or MatMul layer with constant weights to quantize");
+    }
+    for &k in &layers {
+        let w = g.values[g.nodes[k].inputs[1]]
+            .konst
+            .as_ref()
+            .and_then(|c| c.as_f32())
+            .unwrap_or(&[]);
+        if let Some(i) = w.iter().position(|v| !v.is_finite()) {
+            bail!(
+                "layer {:?}: weight {:?} has a non-finite value ({}) at index {i}",
+                g.nodes[k].name,
+                g.values[g.nodes[k].inputs[1]].name,
+                w[i]
+            );
+        }
+    }
+    let mut cal = afp_quant::calib::Calibrator::new(&g, &layers);
+    let mut session = afp_engine::Session::new(g.clone(), threads)?;
+    let pb = common::progress(idx.len() as u64, "calibrate", quiet);
+    let per = src.preprocess.image_len();
+    for chunk in idx.chunks(batch) {
+        let mut x = afp_eval::load_batch_vec(&ds, chunk, &src.preprocess)?;
+        if chunk.len() < batch {
+            // The graph is lowered for `batch` images: repeat the last image to fill it.
+            let last = x[(chunk.len() - 1) * per..].to_vec();
+            while x.len() < batch * per {
+                x.extend_from_slice(&last);
+            }
+        }
+        cal.observe(&mut session, &x)?;
+        pb.inc(chunk.len() as u64);
+    }
+    pb.finish_and_clear();
+    let stats = cal.finish();
+    if let Some((k, _)) = layers
+        .iter()
+        .zip(&stats)
+        .find(|(_, s)| !s.min.is_finite() || !s.max.is_finite())
+    {
+        bail!(
+            "calibration: the input of layer {:?} is not finite",
+            g.nodes[*k].name
+        );
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()?;
+    let lp = pool
+        .install(|| afp_quant::plan_layers(&g, &layers, &stats, &opts))
+        .map_err(anyhow::Error::msg)?;
+    let totals = afp_quant::totals(&lp);
+    Ok(Plan {
+        afpq_plan_version: afp_quant::plan::PLAN_VERSION,
+        model: model_path.display().to_string(),
+        model_bytes: std::fs::metadata(model_path).map(|m| m.len()).unwrap_or(0),
+        options: q.describe(),
+        calibration: idx
+            .iter()
+            .map(|&i| ds.samples[i].file.display().to_string())
+            .collect(),
+        layers: lp,
+        totals,
+    })
+}
+
+/// Writes `text` to `path` atomically (temporary file in the same folder, then rename).
+pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .context("output path has no file name")?
+        .to_string_lossy();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .inspect_err(|_e| {
+            let _ = std::fs::remove_file(&tmp);
+        })
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+pub fn run(a: &Args) -> Result<()> {
+    let card = a.data.card()?;
+    let path = common::model_path(a.model.as_deref(), card.as_ref())?;
+    let threads = a.threads.unwrap_or_else(common::default_threads);
+    let t = std::time::Instant::now();
+    let plan = make_plan(&path, &a.data, &a.q, threads, a.quiet || a.json)?;
+    let seconds = t.elapsed().as_secs_f64();
+    let report_path = a
+        .report
+        .clone()
+        .unwrap_or_else(|| a.output.with_extension("report.json"));
+    let layers: Vec<serde_json::Value> = plan
+        .layers
+        .iter()
+        .map(|l| {
+            json!({
+                "node": l.node, "op": l.op, "params": l.params, "format": l.weight.format.label(), "bits": l.weight.format.bits,
+                "granularity": l.weight.granularity, "offsets": l.weight.offsets, "scales": l.weight.scales,
+                "objective": l.objective, "weight_sqnr_db": l.weight_sqnr_db,
+                "act_format": l.act.as_ref().map(|a| a.format.label()), "act_offset": l.act.as_ref().map(|a| a.offset),
+                "act_sqnr_db": l.act.as_ref().map(|a| a.sqnr_db),
+            })
+        })
+        .collect();
+    let report = json!({
+        "model": plan.model, "plan": a.output.display().to_string(), "options": plan.options,
+        "calibration_images": plan.calibration.len(), "totals": plan.totals, "layers": layers,
+    });
+    write_atomic(&a.output, &plan.to_json())?;
+    write_atomic(&report_path, &serde_json::to_string_pretty(&report)?)?;
+    let t = &plan.totals;
+    if a.json {
+        println!(
+            "{}",
+            json!({"plan": a.output.display().to_string(), "report": report_path.display().to_string(), "totals": t, "seconds": seconds, "calibration_images": plan.calibration.len()})
+        );
+    } else {
+        println!(
+            "{} layers, {} parameters, average {:.3} weight bits{}",
+            t.layers,
+            t.params,
+            t.avg_weight_bits,
+            t.avg_act_bits
+                .map(|b| format!(", {b:.3} activation bits"))
+                .unwrap_or_default()
+        );
+        println!(
+            "quantized weights {} bytes (FP32 {} bytes, {:.2}x smaller)",
+            t.quantized_weight_bytes,
+            t.fp32_weight_bytes,
+            t.fp32_weight_bytes as f64 / t.quantized_weight_bytes.max(1) as f64
+        );
+        println!(
+            "calibrated on {} images; {seconds:.1} s",
+            plan.calibration.len()
+        );
+        println!("wrote {} and {}", a.output.display(), report_path.display());
+    }
+    Ok(())
+}
