@@ -87,7 +87,9 @@ pub struct ActPlan {
     /// Smallest and largest value seen in calibration.
     pub calib_min: f32,
     pub calib_max: f32,
-    pub sqnr_db: f64,
+    /// Signal-to-quantization-noise ratio on the calibration sample; `None` when the sample is
+    /// represented exactly (e.g. 8-bit integer pixels).
+    pub sqnr_db: Option<f64>,
 }
 
 impl ActPlan {
@@ -111,7 +113,8 @@ pub struct LayerPlan {
     pub act: Option<ActPlan>,
     /// Objective value of the chosen weight configuration (divergence or relative error).
     pub objective: f64,
-    pub weight_sqnr_db: f64,
+    /// `None` when the weights are represented exactly.
+    pub weight_sqnr_db: Option<f64>,
     /// Added to the layer's bias to cancel the mean output shift (`--bias-correct`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bias_correction: Option<Vec<f32>>,

@@ -117,7 +117,7 @@ pub fn plan_layers(
                                 o.search.zero_mode,
                                 o.search.penalty,
                             )
-                            .map(|a| (b, 10f64.powf(-a.sqnr_db / 10.0)))
+                            .map(|a| (b, a.sqnr_db.map_or(0.0, |db| 10f64.powf(-db / 10.0))))
                         })
                         .collect::<Result<Vec<_>, String>>()
                 })

@@ -102,7 +102,7 @@ pub struct WeightChoice {
     /// Objective plus penalty; what the search minimizes.
     pub score: f64,
     pub objective: f64,
-    pub sqnr_db: f64,
+    pub sqnr_db: Option<f64>,
 }
 
 /// Relative output error of `decoded` against `w` on the calibration input vectors.
@@ -145,7 +145,7 @@ pub fn evaluate(
         (Objective::Output, Some(s)) if s.patch_count > 0 => output_error(w, &decoded, s),
         (Objective::Output, _) => return Err("the output objective needs calibration data".into()),
     };
-    let sqnr_db = weights::sqnr_db(&w.data, &decoded);
+    let sqnr_db = Some(weights::sqnr_db(&w.data, &decoded)).filter(|v| v.is_finite());
     Ok(WeightChoice {
         score: objective + o.penalty * hw_cost(&format),
         objective,
@@ -216,11 +216,7 @@ pub fn best_activation(
             let nf = NumFormat::afp(f);
             let score = rel + penalty * hw_cost(&nf);
             if best.as_ref().is_none_or(|b| score < b.0) {
-                let sqnr_db = if rel > 0.0 {
-                    -10.0 * rel.log10()
-                } else {
-                    f64::INFINITY
-                };
+                let sqnr_db = (rel > 0.0).then(|| -10.0 * rel.log10());
                 best = Some((
                     score,
                     ActPlan {

@@ -8,6 +8,7 @@ mod inspect;
 mod levels;
 mod quantize;
 mod run;
+mod sweep;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -37,6 +38,8 @@ enum Command {
     Bench(bench::Args),
     /// Quantize a model's weights (and layer inputs) to AFP: calibration, per-layer search, a plan.
     Quantize(Box<quantize::Args>),
+    /// Accuracy and size for each format family and bit-width (CSV and JSON, and printed).
+    Sweep(Box<sweep::Args>),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Quantize(args) => quantize::run(&args),
+        Command::Sweep(args) => sweep::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,15 +6,24 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 
+/// The weight width and format family: given once by `quantize`, swept by `sweep`.
 #[derive(clap::Args, Clone)]
-pub struct QuantArgs {
-    /// Bits per weight for every layer (3..8).
+pub struct WidthArgs {
+    /// Bits per weight for every layer (2..8).
     #[arg(long, default_value_t = 8)]
     pub bits: u32,
     /// Model-wide average weight bits (by parameter count); per-layer widths from 3 to 8 are
     /// chosen to minimize the summed objective.
     #[arg(long)]
     pub avg_bits: Option<f64>,
+    /// Format family: afp, int, fp8-e4m3, fp8-e5m2, fp6-e3m2, fp6-e2m3, fp4-e2m1.
+    #[arg(long, default_value = "afp")]
+    pub format: String,
+}
+
+/// Quantization options other than the weight width and family.
+#[derive(clap::Args, Clone)]
+pub struct QuantArgs {
     /// Layer inputs: `none`, a bit-width, or `auto` (widths under --avg-act-bits).
     #[arg(long, default_value = "none")]
     pub acts: String,
@@ -33,9 +42,6 @@ pub struct QuantArgs {
     /// Offset rule inside each group: cover (no clipping, the paper) or mse.
     #[arg(long, default_value = "mse")]
     pub offset: String,
-    /// Format family: afp, int, fp8-e4m3, fp8-e5m2, fp6-e3m2, fp6-e2m3, fp4-e2m1.
-    #[arg(long, default_value = "afp")]
-    pub format: String,
     /// Format family of activations (default: afp).
     #[arg(long, default_value = "afp")]
     pub act_format: String,
@@ -66,6 +72,8 @@ pub struct Args {
     #[command(flatten)]
     data: DataArgs,
     #[command(flatten)]
+    w: WidthArgs,
+    #[command(flatten)]
     q: QuantArgs,
     #[arg(long)]
     threads: Option<usize>,
@@ -76,8 +84,8 @@ pub struct Args {
 }
 
 impl QuantArgs {
-    pub fn options(&self) -> Result<QuantizeOptions> {
-        let family: Family = self.format.parse().map_err(anyhow::Error::msg)?;
+    pub fn options(&self, w: &WidthArgs) -> Result<QuantizeOptions> {
+        let family: Family = w.format.parse().map_err(anyhow::Error::msg)?;
         let act_family: Family = self.act_format.parse().map_err(anyhow::Error::msg)?;
         let granularity: Granularity = self.granularity.parse()?;
         if !matches!(
@@ -86,7 +94,7 @@ impl QuantArgs {
         ) {
             bail!("--granularity is tensor or channel");
         }
-        if !(2..=8).contains(&self.bits) {
+        if !(2..=8).contains(&w.bits) {
             bail!("--bits must be 2..8");
         }
         let acts = match self.acts.as_str() {
@@ -97,7 +105,7 @@ impl QuantArgs {
                 _ => bail!("--acts is none, auto or a bit-width 2..8"),
             },
         };
-        if let Some(a) = self.avg_bits {
+        if let Some(a) = w.avg_bits {
             if !(3.0..=8.0).contains(&a) {
                 bail!("--avg-bits must be between 3 and 8");
             }
@@ -114,8 +122,8 @@ impl QuantArgs {
                 offset_rule: self.offset.parse::<OffsetRule>()?,
                 zero_mode: self.zero_mode.parse::<ZeroMode>()?,
             },
-            bits: self.bits,
-            avg_bits: self.avg_bits,
+            bits: w.bits,
+            avg_bits: w.avg_bits,
             acts,
             act_family,
             avg_act_bits: self.avg_act_bits,
@@ -126,11 +134,11 @@ impl QuantArgs {
         })
     }
 
-    pub fn describe(&self) -> serde_json::Value {
+    pub fn describe(&self, w: &WidthArgs) -> serde_json::Value {
         json!({
-            "bits": self.bits, "avg_bits": self.avg_bits, "acts": self.acts, "avg_act_bits": self.avg_act_bits,
+            "bits": w.bits, "avg_bits": w.avg_bits, "format": w.format, "acts": self.acts, "avg_act_bits": self.avg_act_bits,
             "granularity": self.granularity, "objective": self.objective, "penalty": self.penalty,
-            "offset": self.offset, "format": self.format, "act_format": self.act_format, "zero_mode": self.zero_mode,
+            "offset": self.offset, "act_format": self.act_format, "zero_mode": self.zero_mode,
             "keep_first_last": self.keep_first_last, "bias_correct": self.bias_correct, "calib": self.calib,
             "search": "exhaustive",
         })
@@ -141,11 +149,12 @@ impl QuantArgs {
 pub fn make_plan(
     model_path: &Path,
     data: &DataArgs,
+    w: &WidthArgs,
     q: &QuantArgs,
     threads: usize,
     quiet: bool,
 ) -> Result<Plan> {
-    let opts = q.options()?;
+    let opts = q.options(w)?;
     let src = data.source()?;
     let ds = data.dataset(&src)?;
     let clf = Classifier::new(common::load_model(model_path)?, threads)?;
@@ -214,7 +223,7 @@ pub fn make_plan(
         afpq_plan_version: afp_quant::plan::PLAN_VERSION,
         model: model_path.display().to_string(),
         model_bytes: std::fs::metadata(model_path).map(|m| m.len()).unwrap_or(0),
-        options: q.describe(),
+        options: q.describe(w),
         calibration: idx
             .iter()
             .map(|&i| ds.samples[i].file.display().to_string())
@@ -249,7 +258,7 @@ pub fn run(a: &Args) -> Result<()> {
     let path = common::model_path(a.model.as_deref(), card.as_ref())?;
     let threads = a.threads.unwrap_or_else(common::default_threads);
     let t = std::time::Instant::now();
-    let plan = make_plan(&path, &a.data, &a.q, threads, a.quiet || a.json)?;
+    let plan = make_plan(&path, &a.data, &a.w, &a.q, threads, a.quiet || a.json)?;
     let seconds = t.elapsed().as_secs_f64();
     let report_path = a
         .report

@@ -1,0 +1,165 @@
+use crate::common::{self, DataArgs};
+use crate::engine_run::Classifier;
+use crate::quantize::{make_plan, write_atomic, QuantArgs, WidthArgs};
+use anyhow::{bail, Result};
+use serde_json::json;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// ONNX model (default: the card's model).
+    model: Option<PathBuf>,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Bit-widths to try (fixed formats such as fp8-e4m3 have their own width and run once).
+    #[arg(long, value_delimiter = ',', default_value = "3,4,5,6,8")]
+    bits: Vec<u32>,
+    /// Format families: afp, int, fp8-e4m3, fp8-e5m2, fp6-e3m2, fp6-e2m3, fp4-e2m1.
+    #[arg(long, value_delimiter = ',', default_value = "afp,int,fp8-e4m3")]
+    formats: Vec<String>,
+    /// Folder for sweep.csv and sweep.json.
+    #[arg(short, long, default_value = "sweep")]
+    output: PathBuf,
+    /// Evaluate on the first N images only.
+    #[arg(long)]
+    limit: Option<usize>,
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Other quantization options, as for `afpq quantize` (--bits and --format are swept).
+    #[command(flatten)]
+    q: QuantArgs,
+    #[arg(long)]
+    json: bool,
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+pub fn run(a: &Args) -> Result<()> {
+    let src = a.data.source()?;
+    let ds = a.data.dataset(&src)?;
+    let path = common::model_path(a.model.as_deref(), src.card.as_ref())?;
+    let threads = a.threads.unwrap_or_else(common::default_threads);
+    if a.bits.iter().any(|b| !(2..=8).contains(b)) {
+        bail!("--bits values must be 2..8");
+    }
+    let indices = ds.first_indices(a.limit);
+    let quiet = a.quiet || a.json;
+    let mut base = Classifier::new(common::load_model(&path)?, threads)?;
+    base.check_input(src.preprocess.chw())?;
+    let pb = common::progress(indices.len() as u64, "eval fp32", quiet);
+    let fp32 = afp_eval::evaluate(
+        &ds,
+        &indices,
+        &src.preprocess,
+        a.batch,
+        src.label_offset,
+        |x, n| base.infer(x, n),
+        |d| pb.set_position(d as u64),
+    )?;
+    pb.finish_and_clear();
+    let fp32_top1 = 100.0 * fp32.accuracy.top1_rate();
+    let fp32_bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let mut rows = vec![json!({
+        "format": "fp32", "bits": 32, "top1": fp32_top1, "top5": 100.0 * fp32.accuracy.top5_rate(),
+        "drop": 0.0, "agreement": 100.0, "avg_weight_bits": 32.0, "weight_bytes": fp32_bytes,
+    })];
+    for fam in &a.formats {
+        let fixed = fam.starts_with("fp");
+        let widths: Vec<u32> = if fixed { vec![0] } else { a.bits.clone() };
+        for &b in &widths {
+            let w = WidthArgs {
+                bits: if fixed { 8 } else { b },
+                avg_bits: None,
+                format: fam.clone(),
+            };
+            let plan = make_plan(&path, &a.data, &w, &a.q, threads, quiet)?;
+            let mut clf = Classifier::new(base.model.clone(), threads)?;
+            clf.plan = Some(plan.clone());
+            let pb = common::progress(
+                indices.len() as u64,
+                &format!("eval {fam} {}", plan.totals.avg_weight_bits),
+                quiet,
+            );
+            let ev = afp_eval::evaluate(
+                &ds,
+                &indices,
+                &src.preprocess,
+                a.batch,
+                src.label_offset,
+                |x, n| clf.infer(x, n),
+                |d| pb.set_position(d as u64),
+            )?;
+            pb.finish_and_clear();
+            let top1 = 100.0 * ev.accuracy.top1_rate();
+            let row = json!({
+                "format": fam, "bits": plan.totals.avg_weight_bits.round() as u32, "top1": top1, "top5": 100.0 * ev.accuracy.top5_rate(),
+                "drop": fp32_top1 - top1, "agreement": crate::eval::agreement_pct(&ev, &fp32),
+                "avg_weight_bits": plan.totals.avg_weight_bits, "avg_act_bits": plan.totals.avg_act_bits,
+                "weight_bytes": plan.totals.quantized_weight_bytes,
+            });
+            if !a.json {
+                eprintln!(
+                    "{fam:>9} {:>5.2} bits: top-1 {top1:.2}",
+                    plan.totals.avg_weight_bits
+                );
+            }
+            rows.push(row);
+        }
+    }
+    std::fs::create_dir_all(&a.output)?;
+    let mut csv = String::from(
+        "format,bits,avg_weight_bits,avg_act_bits,top1,top5,drop,agreement,weight_bytes\n",
+    );
+    for r in &rows {
+        csv += &format!(
+            "{},{},{:.3},{},{:.2},{:.2},{:.2},{:.2},{}\n",
+            r["format"].as_str().unwrap_or(""),
+            r["bits"],
+            r["avg_weight_bits"].as_f64().unwrap_or(0.0),
+            r["avg_act_bits"]
+                .as_f64()
+                .map(|v| format!("{v:.3}"))
+                .unwrap_or_default(),
+            r["top1"].as_f64().unwrap_or(0.0),
+            r["top5"].as_f64().unwrap_or(0.0),
+            r["drop"].as_f64().unwrap_or(0.0),
+            r["agreement"].as_f64().unwrap_or(0.0),
+            r["weight_bytes"]
+        );
+    }
+    let out = json!({"model": path.display().to_string(), "images": indices.len(), "options": a.q.describe(&WidthArgs { bits: 0, avg_bits: None, format: a.formats.join(",") }), "rows": rows});
+    write_atomic(&a.output.join("sweep.csv"), &csv)?;
+    write_atomic(
+        &a.output.join("sweep.json"),
+        &serde_json::to_string_pretty(&out)?,
+    )?;
+    if a.json {
+        println!("{out}");
+    } else {
+        println!("{} on {} images", path.display(), indices.len());
+        println!(
+            "{:<10} {:>6} {:>8} {:>8} {:>7} {:>10} {:>12}",
+            "format", "bits", "top-1", "top-5", "drop", "agreement", "weight bytes"
+        );
+        for r in &rows {
+            println!(
+                "{:<10} {:>6.2} {:>8.2} {:>8.2} {:>7.2} {:>9.2}% {:>12}",
+                r["format"].as_str().unwrap_or(""),
+                r["avg_weight_bits"].as_f64().unwrap_or(0.0),
+                r["top1"].as_f64().unwrap_or(0.0),
+                r["top5"].as_f64().unwrap_or(0.0),
+                r["drop"].as_f64().unwrap_or(0.0),
+                r["agreement"].as_f64().unwrap_or(0.0),
+                r["weight_bytes"]
+            );
+        }
+        println!(
+            "wrote {} and {}",
+            a.output.join("sweep.csv").display(),
+            a.output.join("sweep.json").display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,251 @@
+//! `afpq quantize` and `afpq eval` of a plan on the bundled ResNet-8 and CIFAR-10 images:
+//! accuracy drops within bounds set from measurement, identical bytes on repeated runs, clear
+//! errors and no output on bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn assets() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets")
+}
+
+fn card() -> String {
+    assets()
+        .join("models/resnet8_cifar10.json")
+        .display()
+        .to_string()
+}
+
+fn afpq(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_afpq"))
+        .args(args)
+        .output()
+        .expect("run afpq")
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("afpq-q-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn quantize_and_eval(dir: &Path, extra: &[&str]) -> serde_json::Value {
+    let plan = dir.join("m.afp").display().to_string();
+    let card = card();
+    let mut args = vec!["quantize", "--card", &card, "-o", &plan, "--quiet"];
+    args.extend_from_slice(extra);
+    let out = afpq(&args);
+    assert!(
+        out.status.success(),
+        "{extra:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = afpq(&["eval", &plan, "--card", &card, "--json", "--quiet"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn resnet8_drops_stay_within_measured_bounds() {
+    let dir = tmp("drops");
+    // Measured on the 500 bundled images (FP32 top-1 75.2): weights only, per-channel AFP,
+    // MSE objective: drop -1.2 (8 bits), 4.6 (6), 7.4 (5); with --bias-correct 0.6 (6), 1.6 (5).
+    for (bits, extra, bound) in [
+        ("8", None, 1.0),
+        ("6", None, 5.5),
+        ("5", None, 8.5),
+        ("6", Some("--bias-correct"), 1.5),
+        ("5", Some("--bias-correct"), 2.5),
+    ] {
+        let mut args = vec!["--bits", bits];
+        args.extend(extra);
+        let v = quantize_and_eval(&dir, &args);
+        let drop = v["drop"].as_f64().unwrap();
+        println!(
+            "{bits} bits {extra:?}: top-1 {} drop {drop:.2} agreement {:.1}",
+            v["top1"],
+            v["agreement"].as_f64().unwrap()
+        );
+        assert_eq!(v["fp32_top1"].as_f64().unwrap(), 75.2);
+        assert!(
+            drop <= bound,
+            "{bits} bits {extra:?}: drop {drop} > {bound}"
+        );
+        assert_eq!(
+            v["avg_weight_bits"].as_f64().unwrap(),
+            bits.parse::<f64>().unwrap()
+        );
+    }
+    // With 8-bit activations too.
+    let v = quantize_and_eval(&dir, &["--bits", "6", "--acts", "8", "--bias-correct"]);
+    assert_eq!(v["avg_act_bits"].as_f64().unwrap(), 8.0);
+    assert!(v["drop"].as_f64().unwrap() <= 2.5, "{v}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn budgets_are_met() {
+    let dir = tmp("budget");
+    let plan = dir.join("m.afp");
+    let out = afpq(&[
+        "quantize",
+        "--card",
+        &card(),
+        "-o",
+        &plan.display().to_string(),
+        "--avg-bits",
+        "4.5",
+        "--acts",
+        "auto",
+        "--avg-act-bits",
+        "6",
+        "--quiet",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let w = v["totals"]["avg_weight_bits"].as_f64().unwrap();
+    let a = v["totals"]["avg_act_bits"].as_f64().unwrap();
+    assert!(w <= 4.5 + 1e-9 && w > 4.0, "weights {w}");
+    assert!(a <= 6.0 + 1e-9 && a > 5.0, "activations {a}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn two_runs_write_identical_bytes() {
+    let dir = tmp("det");
+    let (a, b) = (dir.join("a.afp"), dir.join("b.afp"));
+    for (p, threads) in [(&a, "1"), (&b, "2")] {
+        let out = afpq(&[
+            "quantize",
+            "--card",
+            &card(),
+            "-o",
+            &p.display().to_string(),
+            "--bits",
+            "5",
+            "--acts",
+            "8",
+            "--bias-correct",
+            "--threads",
+            threads,
+            "--quiet",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let (ta, tb) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    // The plans differ only in their own output path, which is not stored: bytes are equal.
+    assert_eq!(ta, tb);
+    assert_eq!(
+        std::fs::read(a.with_extension("report.json"))
+            .unwrap()
+            .len(),
+        std::fs::read(b.with_extension("report.json"))
+            .unwrap()
+            .len()
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn bad_input_gives_a_clear_error_and_writes_nothing() {
+    let dir = tmp("bad");
+    let out_path = dir.join("out.afp");
+    let o = out_path.display().to_string();
+    let model = assets()
+        .join("models/resnet8_cifar10.onnx")
+        .display()
+        .to_string();
+    let check = |args: &[&str], needle: &str| {
+        let out = afpq(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!out_path.exists(), "{args:?} left {}", out_path.display());
+        assert!(
+            std::fs::read_dir(&dir).unwrap().next().is_none(),
+            "{args:?} left files in {}",
+            dir.display()
+        );
+    };
+    // No images.
+    let empty = tmp("empty");
+    check(
+        &[
+            "quantize",
+            &model,
+            "-o",
+            &o,
+            "--data",
+            &empty.display().to_string(),
+            "--preprocess",
+            "raw",
+            "--crop",
+            "32",
+        ],
+        &empty.display().to_string(),
+    );
+    // Preprocessing that does not match the model.
+    let data = assets()
+        .join("images/cifar10-test-500")
+        .display()
+        .to_string();
+    check(
+        &[
+            "quantize",
+            &model,
+            "-o",
+            &o,
+            "--data",
+            &data,
+            "--preprocess",
+            "torchvision",
+        ],
+        "224x224",
+    );
+    // NaN weights.
+    let mut m = afp_onnx::read_model(Path::new(&model)).unwrap();
+    let g = m.graph.as_mut().unwrap();
+    let t = g
+        .initializer
+        .iter_mut()
+        .find(|t| t.dims.len() == 4)
+        .unwrap();
+    let name = t.name().to_string();
+    let mut vals = afp_onnx::tensor_f32(t).unwrap();
+    vals[3] = f32::NAN;
+    let dims = t.dims.clone();
+    *t = afp_onnx::f32_tensor(&name, &dims, &vals);
+    let nan_dir = tmp("nan");
+    let nan_model = nan_dir.join("nan.onnx");
+    afp_onnx::write_model(&nan_model, &m).unwrap();
+    check(
+        &[
+            "quantize",
+            &nan_model.display().to_string(),
+            "-o",
+            &o,
+            "--card",
+            &card(),
+        ],
+        "non-finite",
+    );
+    // Not a plan.
+    let out = afpq(&["eval", &card(), "--card", &card()]);
+    assert_eq!(out.status.code(), Some(1));
+    for d in [dir, empty, nan_dir] {
+        std::fs::remove_dir_all(&d).ok();
+    }
+}
