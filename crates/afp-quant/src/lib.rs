@@ -2,6 +2,7 @@
 //! ([`search`]), weight handling and baselines ([`weights`]), plans ([`plan`]), and turning
 //! statistics into a plan and a plan into a simulated graph ([`quantize`]).
 
+pub mod bayes;
 pub mod calib;
 pub mod plan;
 pub mod quantize;
@@ -10,4 +11,4 @@ pub mod weights;
 
 pub use plan::Plan;
 pub use quantize::{apply, plan_layers, quantizable_layers, totals, ActMode, QuantizeOptions};
-pub use search::{Family, Objective, SearchOptions};
+pub use search::{Family, Objective, SearchOptions, Strategy};

@@ -115,6 +115,11 @@ pub struct LayerPlan {
     pub objective: f64,
     /// `None` when the weights are represented exactly.
     pub weight_sqnr_db: Option<f64>,
+    /// Weight configurations the search evaluated, and the size of its space.
+    #[serde(default)]
+    pub search_evaluations: usize,
+    #[serde(default)]
+    pub search_space: usize,
     /// Added to the layer's bias to cancel the mean output shift (`--bias-correct`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bias_correction: Option<Vec<f32>>,

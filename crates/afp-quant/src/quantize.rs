@@ -160,6 +160,8 @@ pub fn plan_layers(
             act,
             objective: c.objective,
             weight_sqnr_db: c.sqnr_db,
+            search_evaluations: c.evaluations,
+            search_space: c.space,
             bias_correction,
         });
     }

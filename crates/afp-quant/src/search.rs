@@ -72,8 +72,32 @@ impl FromStr for Objective {
     }
 }
 
+/// How a layer's configuration is searched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// Every E/M split, each group's offset by the offset rule: exact for a per-layer objective.
+    Exhaustive,
+    /// Bayesian optimization over (E/M split, offset shift below cover), as the paper did.
+    Bayes,
+}
+
+impl FromStr for Strategy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Strategy, String> {
+        match s {
+            "exhaustive" => Ok(Strategy::Exhaustive),
+            "bayes" => Ok(Strategy::Bayes),
+            _ => Err(format!("unknown search {s:?}: exhaustive, bayes")),
+        }
+    }
+}
+
+/// Offset shifts below `cover` that the Bayesian search explores.
+pub const BAYES_SHIFTS: i32 = 5;
+
 #[derive(Debug, Clone, Copy)]
 pub struct SearchOptions {
+    pub strategy: Strategy,
     pub family: Family,
     pub granularity: Granularity,
     pub objective: Objective,
@@ -103,6 +127,9 @@ pub struct WeightChoice {
     pub score: f64,
     pub objective: f64,
     pub sqnr_db: Option<f64>,
+    /// Configurations evaluated, and how many an exhaustive search of the same space would.
+    pub evaluations: usize,
+    pub space: usize,
 }
 
 /// Relative output error of `decoded` against `w` on the calibration input vectors.
@@ -138,7 +165,19 @@ pub fn evaluate(
     format: NumFormat,
     o: &SearchOptions,
 ) -> Result<WeightChoice, String> {
-    let (plan, decoded) = weights::quantize(w, format, o.granularity, o.offset_rule)?;
+    let q = weights::quantize(w, format, o.granularity, o.offset_rule)?;
+    score(w, stats, format, q, o)
+}
+
+/// Scores quantized weights by the objective plus the hardware-cost penalty.
+fn score(
+    w: &WeightView,
+    stats: Option<&InputStats>,
+    format: NumFormat,
+    q: (WeightPlan, Vec<f32>),
+    o: &SearchOptions,
+) -> Result<WeightChoice, String> {
+    let (plan, decoded) = q;
     let objective = match (o.objective, stats) {
         (Objective::Kl, _) => weights::kl_divergence(&w.data, &decoded),
         (Objective::Mse, _) => weights::relative_mse(&w.data, &decoded),
@@ -152,25 +191,73 @@ pub fn evaluate(
         sqnr_db,
         plan,
         decoded,
+        evaluations: 1,
+        space: 1,
     })
 }
 
-/// The best configuration of `bits` bits: every candidate of the family is evaluated
-/// (exhaustive, which is exact per layer).
+/// The best configuration of `bits` bits. Exhaustive: every candidate of the family
+/// (exact per layer). Bayes (AFP family): Bayesian optimization over the E/M splits and offset
+/// shifts; the choice records how many configurations it evaluated.
 pub fn best_weights(
     w: &WeightView,
     stats: Option<&InputStats>,
     bits: u32,
     o: &SearchOptions,
 ) -> Result<WeightChoice, String> {
+    let formats = o.family.candidates(bits, o.zero_mode);
+    if o.strategy == Strategy::Bayes && o.family == Family::Afp && formats.len() > 1 {
+        let ne = formats.len();
+        let mut points = Vec::new();
+        let mut configs = Vec::new();
+        for (i, f) in formats.iter().enumerate() {
+            for d in 0..BAYES_SHIFTS {
+                points.push([
+                    i as f64 / (ne - 1) as f64,
+                    d as f64 / (BAYES_SHIFTS - 1) as f64,
+                ]);
+                configs.push((*f, -d));
+            }
+        }
+        let mut cache: Vec<Option<WeightChoice>> = vec![None; configs.len()];
+        let mut failure = None;
+        let idx = |e: usize, d: i32| e * BAYES_SHIFTS as usize + d as usize;
+        let initial = [idx(ne / 2, 1), idx(0, 0), idx(ne - 1, 2)];
+        let r = crate::bayes::minimize(&points, &initial, configs.len(), |i| {
+            let (f, shift) = configs[i];
+            match weights::quantize_shifted(w, f, o.granularity, shift)
+                .and_then(|q| score(w, stats, f, q, o))
+            {
+                Ok(c) => {
+                    let s = c.score;
+                    cache[i] = Some(c);
+                    s
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    f64::INFINITY
+                }
+            }
+        });
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let mut best = cache[r.best].take().ok_or("no configuration evaluated")?;
+        best.evaluations = r.evaluations;
+        best.space = configs.len();
+        return Ok(best);
+    }
     let mut best: Option<WeightChoice> = None;
-    for f in o.family.candidates(bits, o.zero_mode) {
-        let c = evaluate(w, stats, f, o)?;
+    for f in &formats {
+        let c = evaluate(w, stats, *f, o)?;
         if best.as_ref().is_none_or(|b| c.score < b.score) {
             best = Some(c);
         }
     }
-    best.ok_or_else(|| format!("no {bits}-bit format in this family"))
+    let mut best = best.ok_or_else(|| format!("no {bits}-bit format in this family"))?;
+    best.evaluations = formats.len();
+    best.space = formats.len();
+    Ok(best)
 }
 
 /// Activation format and offset for a layer input of `bits` bits: unsigned (AFPu) when the

@@ -130,6 +130,40 @@ pub fn quantize(
     }
 }
 
+/// AFP weights with every group's offset at its `cover` offset plus `shift` (`shift <= 0`
+/// clips): the parametrization the Bayesian search explores.
+pub fn quantize_shifted(
+    w: &WeightView,
+    format: NumFormat,
+    gran: Granularity,
+    shift: i32,
+) -> Result<(WeightPlan, Vec<f32>), String> {
+    let f = format
+        .format()
+        .ok_or("shifted offsets apply to AFP formats")?;
+    let layout = w.granularity_groups(gran);
+    let (lo, hi) = f.offset_range();
+    let offsets: Vec<i32> = (0..layout.groups())
+        .map(|g| {
+            afp_format::offset::cover(f, &w.data[layout.group_range(g)])
+                .map(|t| (t + shift).clamp(lo, hi))
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let q = QuantizedTensor::with_offsets(&w.data, &[w.channels, w.reduction], f, layout, offsets)
+        .map_err(|e| e.to_string())?;
+    let dec = q.decode();
+    Ok((
+        WeightPlan {
+            format,
+            granularity: granularity_name(gran),
+            offsets: q.offsets,
+            scales: vec![],
+        },
+        dec,
+    ))
+}
+
 /// Decodes weights from a plan entry (re-encoding the original weights with the plan's offsets
 /// or scales, which gives the same codes as when the plan was made).
 pub fn decode_with_plan(w: &WeightView, p: &WeightPlan) -> Result<Vec<f32>, String> {

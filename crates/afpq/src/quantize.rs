@@ -54,6 +54,10 @@ pub struct QuantArgs {
     /// Correct each layer's mean output shift on calibration data.
     #[arg(long)]
     pub bias_correct: bool,
+    /// exhaustive (every E/M split, offsets by --offset) or bayes (Bayesian optimization over
+    /// E/M split and offset shift, as the paper did; the report counts its evaluations).
+    #[arg(long, default_value = "exhaustive")]
+    pub search: String,
     /// Calibration images from the dataset (spread over it deterministically).
     #[arg(long, default_value_t = 32)]
     pub calib: usize,
@@ -112,6 +116,10 @@ impl QuantArgs {
         }
         Ok(QuantizeOptions {
             search: SearchOptions {
+                strategy: self
+                    .search
+                    .parse::<afp_quant::Strategy>()
+                    .map_err(anyhow::Error::msg)?,
                 family,
                 granularity,
                 objective: self
@@ -140,7 +148,7 @@ impl QuantArgs {
             "granularity": self.granularity, "objective": self.objective, "penalty": self.penalty,
             "offset": self.offset, "act_format": self.act_format, "zero_mode": self.zero_mode,
             "keep_first_last": self.keep_first_last, "bias_correct": self.bias_correct, "calib": self.calib,
-            "search": "exhaustive",
+            "search": self.search,
         })
     }
 }
@@ -221,7 +229,11 @@ pub fn make_plan(
     let totals = afp_quant::totals(&lp);
     Ok(Plan {
         afpq_plan_version: afp_quant::plan::PLAN_VERSION,
-        model: model_path.display().to_string(),
+        // Absolute, so the plan can be evaluated from any folder.
+        model: std::fs::canonicalize(model_path)
+            .unwrap_or_else(|_| model_path.to_path_buf())
+            .display()
+            .to_string(),
         model_bytes: std::fs::metadata(model_path).map(|m| m.len()).unwrap_or(0),
         options: q.describe(w),
         calibration: idx
@@ -274,10 +286,14 @@ pub fn run(a: &Args) -> Result<()> {
                 "objective": l.objective, "weight_sqnr_db": l.weight_sqnr_db,
                 "act_format": l.act.as_ref().map(|a| a.format.label()), "act_offset": l.act.as_ref().map(|a| a.offset),
                 "act_sqnr_db": l.act.as_ref().map(|a| a.sqnr_db),
+                "search_evaluations": l.search_evaluations, "search_space": l.search_space,
             })
         })
         .collect();
+    let evals: usize = plan.layers.iter().map(|l| l.search_evaluations).sum();
+    let space: usize = plan.layers.iter().map(|l| l.search_space).sum();
     let report = json!({
+        "search_evaluations": evals, "search_space": space,
         "model": plan.model, "plan": a.output.display().to_string(), "options": plan.options,
         "calibration_images": plan.calibration.len(), "totals": plan.totals, "layers": layers,
     });
@@ -287,7 +303,7 @@ pub fn run(a: &Args) -> Result<()> {
     if a.json {
         println!(
             "{}",
-            json!({"plan": a.output.display().to_string(), "report": report_path.display().to_string(), "totals": t, "seconds": seconds, "calibration_images": plan.calibration.len()})
+            json!({"plan": a.output.display().to_string(), "report": report_path.display().to_string(), "totals": t, "seconds": seconds, "calibration_images": plan.calibration.len(), "search_evaluations": evals, "search_space": space})
         );
     } else {
         println!(
@@ -306,7 +322,7 @@ pub fn run(a: &Args) -> Result<()> {
             t.fp32_weight_bytes as f64 / t.quantized_weight_bytes.max(1) as f64
         );
         println!(
-            "calibrated on {} images; {seconds:.1} s",
+            "calibrated on {} images; {evals} weight configurations evaluated (space of the search: {space}); {seconds:.1} s",
             plan.calibration.len()
         );
         println!("wrote {} and {}", a.output.display(), report_path.display());
