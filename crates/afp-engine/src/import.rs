@@ -162,8 +162,13 @@ impl Model {
     /// Shape inference and constant folding for `batch` images, then the standard passes
     /// (Pad and BatchNorm folding, activation fusion, dead-node removal).
     pub fn lower(&self, batch: usize) -> Result<Graph> {
+        self.lower_with(batch, crate::passes::PassOptions::default())
+    }
+
+    /// [`Model::lower`] with a choice of passes.
+    pub fn lower_with(&self, batch: usize, o: crate::passes::PassOptions) -> Result<Graph> {
         let mut g = self.lower_raw(batch)?;
-        crate::passes::optimize(&mut g)?;
+        crate::passes::optimize_with(&mut g, o)?;
         Ok(g)
     }
 

@@ -5,9 +5,32 @@ use crate::error::Result;
 use crate::ir::{Activation, Graph, Node, Op, PadMode, ValueId};
 use crate::tensor::Const;
 
+/// Which rewrites [`optimize_with`] applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PassOptions {
+    /// Fold BatchNormalization into the preceding Conv/Gemm weights. Quantizers may keep it
+    /// apart, so the per-channel BN scale stays out of the quantized weights (it then runs as a
+    /// per-channel affine op, which a packed kernel's epilogue can absorb).
+    pub fold_batchnorm: bool,
+}
+
+impl Default for PassOptions {
+    fn default() -> Self {
+        PassOptions {
+            fold_batchnorm: true,
+        }
+    }
+}
+
 pub fn optimize(g: &mut Graph) -> Result<()> {
+    optimize_with(g, PassOptions::default())
+}
+
+pub fn optimize_with(g: &mut Graph, o: PassOptions) -> Result<()> {
     fold_pad_into_conv(g);
-    fold_batchnorm(g);
+    if o.fold_batchnorm {
+        fold_batchnorm(g);
+    }
     fuse_activations(g);
     Ok(())
 }

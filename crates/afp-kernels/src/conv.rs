@@ -1,8 +1,15 @@
-//! 2-D convolution (NCHW) via im2col + GEMM, with a fused bias/activation epilogue.
+//! 2-D convolution (NCHW) via im2col + GEMM, with a fused bias/activation
+//! epilogue. With AVX2+FMA, im2col happens inside the GEMM's packing of the
+//! right-hand operand (no im2col buffer) for output planes of
+//! `IMPLICIT_MIN_OHW` pixels or more.
 
 use rayon::prelude::*;
 
-use crate::matmul::{matmul, threads_for, MatLayout};
+use crate::matmul::{threads_for, MatLayout};
+use crate::sgemm::{self, conv_gemm_fused, gemm_fused, Bias, ConvB, Epilogue};
+
+/// Output planes at least this large use implicit im2col (see `Conv2d::run`).
+const IMPLICIT_MIN_OHW: usize = 128;
 use crate::{depthwise, Activation};
 
 /// A 2-D convolution's static parameters (ONNX `Conv` attributes).
@@ -145,7 +152,17 @@ impl Conv2d {
         }
 
         let direct = self.is_pointwise_direct();
-        let col_size = if direct { 0 } else { kk * ohw };
+        // With the AVX2 kernel, im2col is done inside the GEMM's packing of
+        // B (no col buffer) unless the output plane is small (then the
+        // explicit buffer is small and stays in cache).
+        let implicit = !direct
+            && ohw >= IMPLICIT_MIN_OHW
+            && sgemm::avx2_available()
+            && matches!(
+                act,
+                Activation::None | Activation::Relu | Activation::Clip { .. }
+            );
+        let col_size = if direct || implicit { 0 } else { kk * ohw };
         let tasks = n * g;
         let task_out = cog * ohw;
         let threads = rayon::current_num_threads().max(1);
@@ -160,6 +177,7 @@ impl Conv2d {
             bias,
             act,
             direct,
+            implicit,
         };
 
         // Whole rounds of `threads` tasks (images x groups) run one per
@@ -216,6 +234,7 @@ struct Task<'a> {
     bias: Option<&'a [f32]>,
     act: Activation,
     direct: bool,
+    implicit: bool,
 }
 
 impl Task<'_> {
@@ -230,38 +249,51 @@ impl Task<'_> {
         let ohw = self.oh * self.ow;
         let img = &self.input[(ni * c.c_in + gi * cig) * hw..][..cig * hw];
         let wg = &self.weight[gi * cog * kk..][..cog * kk];
+        let bias = match self.bias {
+            Some(b) => Bias::Row(&b[gi * cog..][..cog]),
+            None => Bias::None,
+        };
+        let epi = Epilogue {
+            alpha: 1.0,
+            accumulate: false,
+            bias,
+            act: self.act,
+        };
+        if self.implicit {
+            let src = ConvB {
+                img,
+                channels: cig,
+                h: self.h,
+                w: self.w,
+                oh: self.oh,
+                ow: self.ow,
+                kh: c.kh,
+                kw: c.kw,
+                stride: c.stride,
+                dilation: c.dilation,
+                pad: [c.pads[0], c.pads[1]],
+            };
+            return conv_gemm_fused(cog, kk, wg, src, out, epi, threads);
+        }
         let rhs: &[f32] = if self.direct {
             img
         } else {
             self.im2col(img, cig, col, threads > 1);
             col
         };
-        matmul(
+        gemm_fused(
             cog,
             ohw,
             kk,
-            out,
-            ohw,
-            false,
             wg,
             MatLayout::row_major(kk),
             rhs,
             MatLayout::row_major(ohw),
-            1.0,
+            out,
+            ohw,
+            epi,
             threads,
         );
-        let bias = self.bias.map(|b| &b[gi * cog..][..cog]);
-        let act = self.act;
-        if bias.is_none() && act == Activation::None {
-            return;
-        }
-        let epi =
-            |(co, row): (usize, &mut [f32])| act.apply_slice_bias(row, bias.map_or(0.0, |b| b[co]));
-        if threads > 1 {
-            out.par_chunks_mut(ohw).enumerate().for_each(epi);
-        } else {
-            out.chunks_mut(ohw).enumerate().for_each(epi);
-        }
     }
 
     /// `col[(c*kh + ki)*kw + kj, oy*ow + ox] = img[c, oy*sh + ki*dh - pt, ox*sw + kj*dw - pl]` (0 outside).

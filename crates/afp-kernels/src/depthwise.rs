@@ -6,6 +6,12 @@
 //! inside the image (border columns are excluded by the range, so the inner
 //! loop has no branches and vectorizes). Bias and activation are applied to
 //! the row while it is hot.
+//!
+//! Fast path (AVX2+FMA, 3x3 / 5x5, stride 1 or 2, no dilation, clamp-type
+//! activation): the plane is copied once into a zero-padded buffer and each
+//! output row is computed 8 columns at a time with explicit FMAs; stride 2
+//! loads 16 consecutive inputs and keeps the even ones with two shuffles (no
+//! parity-split copy).
 
 use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
@@ -31,6 +37,30 @@ pub(crate) fn run(
     let taps = c.kh * c.kw;
     // Aim for at least ~64k multiply-adds per rayon job.
     let min_len = (65536 / (ohw * taps).max(1)).max(1);
+    if fast_ok(c, act) {
+        let min_len = (32768 / (ohw * taps).max(1)).max(1);
+        return out
+            .par_chunks_mut(ohw)
+            .enumerate()
+            .with_min_len(min_len)
+            .for_each(|(p, o)| {
+                let (ni, co) = (p / c.c_out, p % c.c_out);
+                let ci = co / mult;
+                PAD.with_borrow_mut(|buf| {
+                    fast_plane(
+                        c,
+                        h,
+                        w,
+                        &input[(ni * c.c_in + ci) * h * w..][..h * w],
+                        &weight[co * taps..][..taps],
+                        bias.map_or(0.0, |b| b[co]),
+                        act,
+                        o,
+                        buf,
+                    )
+                })
+            });
+    }
     let arch = pulp::Arch::new();
     out.par_chunks_mut(ohw)
         .enumerate()
@@ -210,5 +240,144 @@ fn taps_fused<const K: usize>(row: &mut [f32], buf: &[f32], taps: &[usize], w: &
                 });
         }
         _ => unreachable!("taps_fused is only instantiated for 3 and 5"),
+    }
+}
+
+thread_local! {
+    /// Per-thread zero-padded copy of one input plane (fast path).
+    static PAD: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The AVX2 path covers square 3x3 / 5x5 kernels, stride 1 or 2, no
+/// dilation, and activations that are a clamp.
+fn fast_ok(c: &Conv2d, act: Activation) -> bool {
+    c.kh == c.kw
+        && (c.kh == 3 || c.kh == 5)
+        && c.stride[0] == c.stride[1]
+        && (c.stride[0] == 1 || c.stride[0] == 2)
+        && c.dilation == [1, 1]
+        && matches!(
+            act,
+            Activation::None | Activation::Relu | Activation::Clip { .. }
+        )
+        && crate::sgemm::avx2_available()
+}
+
+/// One output plane: the input plane is copied into a zero-padded buffer
+/// (`pw` columns, wide enough that every 8-wide vector read of the last
+/// output vector stays inside), then each output row is 8 columns at a time
+/// `bias + sum_taps w * padded[oy*s + ki][ox*s + kj]`, clamped.
+#[allow(clippy::too_many_arguments)]
+fn fast_plane(
+    c: &Conv2d,
+    h: usize,
+    w: usize,
+    input: &[f32],
+    weight: &[f32],
+    bias: f32,
+    act: Activation,
+    out: &mut [f32],
+    buf: &mut Vec<f32>,
+) {
+    let (oh, ow) = c.out_hw(h, w);
+    let (k, s) = (c.kh, c.stride[0]);
+    let (pt, pl) = (c.pads[0], c.pads[1]);
+    let owv = ow.next_multiple_of(8);
+    // Last element read: row (oh-1)*s + k-1, column (owv-1)*s + k-1 (+8 for
+    // the second load of stride 2).
+    let pw = (w + pl).max((owv - 1) * s + k + 8);
+    let ph = (h + pt).max((oh - 1) * s + k);
+    buf.clear();
+    buf.resize(ph * pw, 0.0);
+    for (y, src) in input.chunks_exact(w).enumerate() {
+        buf[(y + pt) * pw + pl..][..w].copy_from_slice(src);
+    }
+    let (lo, hi) = match act {
+        Activation::Relu => (0.0, f32::INFINITY),
+        Activation::Clip { min, max } => (min, max),
+        _ => (f32::NEG_INFINITY, f32::INFINITY),
+    };
+    let mut tmp = [0.0f32; 8];
+    #[cfg(target_arch = "x86_64")]
+    for (oy, orow) in out.chunks_exact_mut(ow).enumerate() {
+        let rows = &buf[oy * s * pw..][..(k - 1) * pw + pw];
+        // SAFETY: `fast_ok` checked AVX2+FMA. `rows` holds k padded rows of
+        // pw >= (owv-1)*s + k + 8 elements each, which covers every read
+        // of `row_avx2` (asserted there).
+        unsafe {
+            match (k, s) {
+                (3, 1) => row_avx2::<3, 1>(rows, pw, weight, bias, lo, hi, orow, &mut tmp),
+                (3, 2) => row_avx2::<3, 2>(rows, pw, weight, bias, lo, hi, orow, &mut tmp),
+                (5, 1) => row_avx2::<5, 1>(rows, pw, weight, bias, lo, hi, orow, &mut tmp),
+                (5, 2) => row_avx2::<5, 2>(rows, pw, weight, bias, lo, hi, orow, &mut tmp),
+                _ => unreachable!("fast_ok admits 3x3 / 5x5, stride 1 / 2"),
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (out, weight, bias, lo, hi, &mut tmp);
+}
+
+/// One output row of a `K x K`, stride `S` depthwise conv from `K` padded
+/// rows (`rows[ki * pw + x]`).
+///
+/// # Safety
+/// AVX2 and FMA must be available. (All memory accesses are through
+/// pointers into `rows`, `weight`, `orow`, `tmp`, bounds-asserted below.)
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn row_avx2<const K: usize, const S: usize>(
+    rows: &[f32],
+    pw: usize,
+    weight: &[f32],
+    bias: f32,
+    lo: f32,
+    hi: f32,
+    orow: &mut [f32],
+    tmp: &mut [f32; 8],
+) {
+    use std::arch::x86_64::*;
+    let ow = orow.len();
+    let nv = ow.div_ceil(8);
+    assert!(weight.len() >= K * K);
+    assert!(rows.len() >= (K - 1) * pw + pw);
+    // Largest offset read: (K-1)*pw + (nv*8 - 1)*S + (K-1) + (S == 2: +8 vector).
+    assert!(pw >= (nv * 8 - 1) * S + K + 8);
+    let wv: [__m256; 25] =
+        std::array::from_fn(|t| _mm256_set1_ps(if t < K * K { weight[t] } else { 0.0 }));
+    let (bv, lov, hiv) = (_mm256_set1_ps(bias), _mm256_set1_ps(lo), _mm256_set1_ps(hi));
+    let rp = rows.as_ptr();
+    for v in 0..nv {
+        let mut acc = bv;
+        for ki in 0..K {
+            for kj in 0..K {
+                let off = ki * pw + v * 8 * S + kj;
+                // SAFETY: off + 8*S - 1 <= (K-1)*pw + (nv*8-1)*S + K-1 + 8
+                // < rows.len() (asserted above: pw covers it).
+                let x = unsafe {
+                    if S == 1 {
+                        _mm256_loadu_ps(rp.add(off))
+                    } else {
+                        let a = _mm256_loadu_ps(rp.add(off));
+                        let b = _mm256_loadu_ps(rp.add(off + 8));
+                        // Even elements of a ++ b, in order.
+                        let e = _mm256_shuffle_ps::<0x88>(a, b);
+                        _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(e)))
+                    }
+                };
+                acc = _mm256_fmadd_ps(wv[ki * K + kj], x, acc);
+            }
+        }
+        let r = _mm256_min_ps(_mm256_max_ps(acc, lov), hiv);
+        let x0 = v * 8;
+        if x0 + 8 <= ow {
+            // SAFETY: x0 + 8 <= ow = orow.len().
+            unsafe { _mm256_storeu_ps(orow.as_mut_ptr().add(x0), r) };
+        } else {
+            // SAFETY: tmp has 8 elements.
+            unsafe { _mm256_storeu_ps(tmp.as_mut_ptr(), r) };
+            orow[x0..].copy_from_slice(&tmp[..ow - x0]);
+        }
     }
 }

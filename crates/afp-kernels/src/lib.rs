@@ -6,14 +6,19 @@
 //! (`rayon::current_num_threads()` decides how work is split), and are
 //! deterministic for a given thread count.
 //!
-//! The only `unsafe` code of the crate is the single call into the `gemm`
-//! crate, wrapped by [`matmul`](crate::matmul) with its soundness argument.
+//! `unsafe` code lives in three places, each with its soundness argument:
+//! the call into the `gemm` crate ([`matmul`](crate::matmul), the portable
+//! GEMM path), the AVX2+FMA GEMM micro-kernel (`sgemm`, bounds asserted
+//! before raw-pointer access; output tiles of different threads are
+//! disjoint) and the AVX2 depthwise row kernel (`depthwise`). The AVX2 paths
+//! are selected at run time with `is_x86_feature_detected!`.
 
 mod activation;
 mod conv;
 mod depthwise;
 mod matmul;
 mod pool;
+mod sgemm;
 
 pub use activation::Activation;
 pub use conv::Conv2d;

@@ -1,5 +1,6 @@
 //! The one safe wrapper around `gemm::gemm`, and the ONNX-style public GEMM.
 
+use crate::sgemm::{gemm_fused, Bias, Epilogue};
 use crate::Activation;
 
 /// Products with fewer multiply-adds than this run single-threaded inside
@@ -199,25 +200,43 @@ pub fn gemm(
         out.len()
     );
     let c = c.filter(|_| beta != 0.0);
+    // A per-row / per-column bias with beta 1 is added in the GEMM epilogue;
+    // other forms are written to `out` first and accumulated into.
+    let mut bias = Bias::None;
+    let mut accumulate = false;
     if let Some(c) = c {
         match c {
             GemmBias::Row(r) => {
                 assert_eq!(r.len(), n, "gemm: row bias must have n elements");
-                for row in out.chunks_exact_mut(n) {
-                    row.iter_mut().zip(r).for_each(|(o, &v)| *o = beta * v);
+                if beta == 1.0 {
+                    bias = Bias::Col(r);
+                } else {
+                    for row in out.chunks_exact_mut(n) {
+                        row.iter_mut().zip(r).for_each(|(o, &v)| *o = beta * v);
+                    }
+                    accumulate = true;
                 }
             }
             GemmBias::Full(f) => {
                 assert_eq!(f.len(), m * n, "gemm: full bias must have m*n elements");
                 out.iter_mut().zip(f).for_each(|(o, &v)| *o = beta * v);
+                accumulate = true;
             }
             GemmBias::Col(cb) => {
                 assert_eq!(cb.len(), m, "gemm: column bias must have m elements");
-                for (row, &v) in out.chunks_exact_mut(n.max(1)).zip(cb) {
-                    row.fill(beta * v);
+                if beta == 1.0 {
+                    bias = Bias::Row(cb);
+                } else {
+                    for (row, &v) in out.chunks_exact_mut(n.max(1)).zip(cb) {
+                        row.fill(beta * v);
+                    }
+                    accumulate = true;
                 }
             }
-            GemmBias::Scalar(v) => out.fill(beta * v),
+            GemmBias::Scalar(v) => {
+                out.fill(beta * v);
+                accumulate = true;
+            }
         }
     }
     let a_l = if trans_a {
@@ -230,21 +249,24 @@ pub fn gemm(
     } else {
         MatLayout::row_major(n)
     };
-    matmul(
+    gemm_fused(
         m,
         n,
         k,
-        out,
-        n,
-        c.is_some(),
         a,
         a_l,
         b,
         b_l,
-        alpha,
+        out,
+        n,
+        Epilogue {
+            alpha,
+            accumulate,
+            bias,
+            act,
+        },
         threads_for(m, n, k),
     );
-    act.apply_slice(out);
 }
 
 #[cfg(test)]

@@ -235,6 +235,38 @@ fn conv_matches_reference_on_many_shapes() {
     }
 }
 
+/// Output planes of >= 128 pixels take the AVX2 path with im2col done while
+/// packing (when the CPU has AVX2+FMA): strides, dilations, asymmetric pads,
+/// groups, depth beyond one 256-deep slice, planes wider than one 1024-column
+/// panel, every activation (fused or not), 1-3 threads.
+#[test]
+fn conv_large_planes_implicit_im2col() {
+    let cases = [
+        (cv(3, 8, [7, 7], [2, 2], [1, 1], [3; 4], 1), 1, 40, 38),
+        (cv(32, 20, [3, 3], [1, 1], [1, 1], [1; 4], 1), 2, 37, 35),
+        (
+            cv(6, 13, [3, 2], [1, 2], [2, 3], [1, 2, 0, 3], 1),
+            1,
+            30,
+            33,
+        ),
+        (
+            cv(8, 12, [3, 3], [2, 1], [1, 1], [0, 1, 2, 0], 2),
+            3,
+            31,
+            17,
+        ),
+        (cv(5, 7, [1, 1], [2, 2], [1, 1], [0; 4], 1), 1, 33, 29),
+        (cv(4, 9, [5, 5], [1, 1], [1, 1], [2; 4], 1), 2, 12, 12),
+    ];
+    let mut seed = 5;
+    for (i, (c, n, h, w)) in cases.iter().enumerate() {
+        for (j, act) in ACTS.iter().enumerate() {
+            check_conv(c, *n, *h, *w, *act, (i + j) % 2 == 0, &[1, 2, 3], &mut seed);
+        }
+    }
+}
+
 #[test]
 fn conv_all_activations_fused() {
     let mut seed = 2;

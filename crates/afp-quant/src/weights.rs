@@ -95,16 +95,7 @@ pub fn quantize(
         Some(f) => {
             let q = QuantizedTensor::quantize(&w.data, &[w.channels, w.reduction], f, gran, rule)
                 .map_err(|e| e.to_string())?;
-            let dec = q.decode();
-            Ok((
-                WeightPlan {
-                    format,
-                    granularity: granularity_name(gran),
-                    offsets: q.offsets,
-                    scales: vec![],
-                },
-                dec,
-            ))
+            Ok(afp_plan(format, gran, q))
         }
         None => {
             let layout = w.granularity_groups(gran);
@@ -152,16 +143,19 @@ pub fn quantize_shifted(
         .map_err(|e| e.to_string())?;
     let q = QuantizedTensor::with_offsets(&w.data, &[w.channels, w.reduction], f, layout, offsets)
         .map_err(|e| e.to_string())?;
+    Ok(afp_plan(format, gran, q))
+}
+
+/// The plan entry and decoded values of AFP-quantized weights.
+fn afp_plan(format: NumFormat, gran: Granularity, q: QuantizedTensor) -> (WeightPlan, Vec<f32>) {
     let dec = q.decode();
-    Ok((
-        WeightPlan {
-            format,
-            granularity: granularity_name(gran),
-            offsets: q.offsets,
-            scales: vec![],
-        },
-        dec,
-    ))
+    let plan = WeightPlan {
+        format,
+        granularity: granularity_name(gran),
+        offsets: q.offsets,
+        scales: vec![],
+    };
+    (plan, dec)
 }
 
 /// Decodes weights from a plan entry (re-encoding the original weights with the plan's offsets

@@ -52,9 +52,15 @@ impl Classifier {
 
     pub fn session(&mut self, batch: usize) -> Result<&mut Session> {
         if !self.sessions.contains_key(&batch) {
+            // A plan made without BatchNorm folding applies to a graph lowered the same way.
+            let fold_batchnorm = self
+                .plan
+                .as_ref()
+                .is_none_or(|p| p.options["fold_bn"].as_bool() != Some(false));
+            let passes = afp_engine::passes::PassOptions { fold_batchnorm };
             let mut g = self
                 .model
-                .lower(batch)
+                .lower_with(batch, passes)
                 .with_context(|| format!("preparing the model for batch {batch}"))?;
             if let Some(p) = &self.plan {
                 afp_quant::apply(&mut g, p)

@@ -58,6 +58,10 @@ pub struct QuantArgs {
     /// E/M split and offset shift, as the paper did; the report counts its evaluations).
     #[arg(long, default_value = "exhaustive")]
     pub search: String,
+    /// Fold BatchNorm into the weights before quantizing them (`false`: quantize the
+    /// convolution's own weights and keep BatchNorm as a per-channel scale after it).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub fold_bn: bool,
     /// Calibration images from the dataset (spread over it deterministically).
     #[arg(long, default_value_t = 32)]
     pub calib: usize,
@@ -148,7 +152,7 @@ impl QuantArgs {
             "granularity": self.granularity, "objective": self.objective, "penalty": self.penalty,
             "offset": self.offset, "act_format": self.act_format, "zero_mode": self.zero_mode,
             "keep_first_last": self.keep_first_last, "bias_correct": self.bias_correct, "calib": self.calib,
-            "search": self.search,
+            "search": self.search, "fold_bn": self.fold_bn,
         })
     }
 }
@@ -172,7 +176,12 @@ pub fn make_plan(
     }
     let idx = afp_eval::dataset::calibration_indices(ds.len(), q.calib.min(ds.len()), 0);
     let batch = 8.min(idx.len());
-    let g = clf.model.lower(batch)?;
+    let g = clf.model.lower_with(
+        batch,
+        afp_engine::passes::PassOptions {
+            fold_batchnorm: q.fold_bn,
+        },
+    )?;
     let layers = afp_quant::quantizable_layers(&g);
     if layers.is_empty() {
         bail!("the model has no Conv, Gemm or MatMul layer with constant weights to quantize");

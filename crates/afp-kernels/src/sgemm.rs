@@ -1,0 +1,918 @@
+//! Packed SGEMM with a hand-written AVX2+FMA 6x16 micro-kernel and a fused
+//! epilogue (`alpha`, accumulate, per-row or per-column bias, ReLU / Clip).
+//!
+//! BLIS-style blocking: for each `NC`-column panel and `KC`-deep slice of
+//! the product, `B` is packed into `NR`-wide strips and `A` (in `MC`-row
+//! blocks) into `MR`-tall strips, both zero-padded to whole strips, and the
+//! micro-kernel multiplies one `MR x kc` strip of `A` by one `kc x NR` strip
+//! of `B` with its 12 accumulators held in registers. The epilogue (bias,
+//! activation) runs on the register tile after the last `KC` slice, so the
+//! output is written once per slice and never re-read for the epilogue.
+//!
+//! The AVX2 path is chosen at run time (`is_x86_feature_detected!`); other
+//! machines use the portable path: the `gemm` crate through
+//! [`matmul`](crate::matmul::matmul) followed by a separate epilogue pass.
+
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+use crate::conv::valid_range;
+use crate::matmul::{matmul, MatLayout};
+use crate::Activation;
+
+/// Micro-tile rows (strip height of packed `A`).
+const MR: usize = 6;
+/// Micro-tile columns (strip width of packed `B`): two 8-lane vectors.
+const NR: usize = 16;
+/// Depth of one packed slice (a `kc x NR` strip of `B` is 16 KiB: L1).
+const KC: usize = 256;
+/// Rows of `A` packed at a time (`MC x KC` is 96 KiB: L2).
+const MC: usize = 96;
+/// Columns of `B` packed at a time (`KC x NC` is 256 KiB: L2).
+const NC: usize = 256;
+
+/// Bias added in the epilogue.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Bias<'a> {
+    None,
+    /// One value per row of `C` (`[m]`).
+    Row(&'a [f32]),
+    /// One value per column of `C` (`[n]`).
+    Col(&'a [f32]),
+}
+
+/// `C = act(alpha * A B + (accumulate ? C : 0) + bias)`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Epilogue<'a> {
+    pub alpha: f32,
+    pub accumulate: bool,
+    pub bias: Bias<'a>,
+    pub act: Activation,
+}
+
+/// Test-only switch to time the portable path against the AVX2 one.
+#[cfg(test)]
+pub(crate) static FORCE_PORTABLE: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the AVX2+FMA kernel can run on this machine.
+#[inline]
+pub(crate) fn avx2_available() -> bool {
+    #[cfg(test)]
+    if FORCE_PORTABLE.load(std::sync::atomic::Ordering::Relaxed) {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `(lo, hi)` clamp for activations the kernel applies in registers.
+fn clamp_of(act: Activation) -> Option<(f32, f32)> {
+    match act {
+        Activation::None => Some((f32::NEG_INFINITY, f32::INFINITY)),
+        Activation::Relu => Some((0.0, f32::INFINITY)),
+        Activation::Clip { min, max } => Some((min, max)),
+        _ => None,
+    }
+}
+
+/// `c[m x n]` (row-major, row stride `ldc`) `= epi(a * b)`, `a` `m x k` and
+/// `b` `k x n` with arbitrary strides. `threads > 1` splits the output over
+/// the current rayon pool. Panics if an operand is too short.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_fused(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    a_l: MatLayout,
+    b: &[f32],
+    b_l: MatLayout,
+    c: &mut [f32],
+    ldc: usize,
+    epi: Epilogue,
+    threads: usize,
+) {
+    // Thin products (matrix-vector-like) go to the `gemm` crate: the 6x16
+    // tile would be mostly padding and packing would cost as much as the
+    // arithmetic.
+    if avx2_available() && m >= MR && n >= NR / 2 {
+        gemm_fused_avx2(m, n, k, a, a_l, b, b_l, c, ldc, epi, threads);
+    } else {
+        gemm_fused_portable(m, n, k, a, a_l, b, b_l, c, ldc, epi, threads);
+    }
+}
+
+/// The portable path: `gemm` crate, then bias and activation per row.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_fused_portable(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    a_l: MatLayout,
+    b: &[f32],
+    b_l: MatLayout,
+    c: &mut [f32],
+    ldc: usize,
+    epi: Epilogue,
+    threads: usize,
+) {
+    matmul(
+        m,
+        n,
+        k,
+        c,
+        ldc,
+        epi.accumulate,
+        a,
+        a_l,
+        b,
+        b_l,
+        epi.alpha,
+        threads,
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    for (i, row) in c.chunks_mut(ldc.max(n)).take(m).enumerate() {
+        let row = &mut row[..n];
+        match epi.bias {
+            Bias::None => epi.act.apply_slice(row),
+            Bias::Row(b) => epi.act.apply_slice_bias(row, b[i]),
+            Bias::Col(b) => {
+                row.iter_mut().zip(b).for_each(|(x, &v)| *x += v);
+                epi.act.apply_slice(row);
+            }
+        }
+    }
+}
+
+/// One past the largest offset of a `rows x cols` (both > 0) matrix.
+fn span(rows: usize, cols: usize, rs: usize, cs: usize) -> usize {
+    (rows - 1)
+        .checked_mul(rs)
+        .and_then(|x| x.checked_add((cols - 1).checked_mul(cs)?))
+        .and_then(|x| x.checked_add(1))
+        .filter(|&s| s <= isize::MAX as usize && rs <= isize::MAX as usize)
+        .expect("sgemm: layout overflows")
+}
+
+/// Shared description of one product.
+#[derive(Clone, Copy)]
+struct Problem<'a> {
+    a: &'a [f32],
+    a_l: MatLayout,
+    b: BSrc<'a>,
+    /// Output strides (`cs == 1` for the vector store path).
+    c_rs: usize,
+    c_cs: usize,
+    k: usize,
+    alpha: f32,
+    accumulate: bool,
+    bias: Bias<'a>,
+    lo: f32,
+    hi: f32,
+}
+
+/// Raw output pointer handed to the worker threads.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: the pointer is only used to write disjoint sub-rectangles of the
+// output from different threads (see `gemm_fused_avx2`), while the caller's
+// exclusive borrow of the output slice is held.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+type Bufs = (Vec<f32>, Vec<f32>, Vec<f32>);
+
+thread_local! {
+    /// Per-thread packing buffers (packed A block, packed B panel, one row).
+    static PACK: RefCell<Bufs> = const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemm_fused_avx2(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    a_l: MatLayout,
+    b: &[f32],
+    b_l: MatLayout,
+    c: &mut [f32],
+    ldc: usize,
+    epi: Epilogue,
+    threads: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        m == 1 || ldc >= n,
+        "sgemm: dst row stride {ldc} < n {n} (rows would overlap)"
+    );
+    let c_span = span(m, n, ldc, 1);
+    assert!(c_span <= c.len(), "sgemm: dst too short");
+    match epi.bias {
+        Bias::Row(bv) => assert!(bv.len() >= m, "sgemm: row bias too short"),
+        Bias::Col(bv) => assert!(bv.len() >= n, "sgemm: column bias too short"),
+        Bias::None => {}
+    }
+    let Some((lo, hi)) = clamp_of(epi.act) else {
+        // Activation not fused in registers: run without it, then one pass.
+        let plain = Epilogue {
+            act: Activation::None,
+            ..epi
+        };
+        gemm_fused_avx2(m, n, k, a, a_l, b, b_l, c, ldc, plain, threads);
+        for row in c.chunks_mut(ldc.max(n)).take(m) {
+            epi.act.apply_slice(&mut row[..n]);
+        }
+        return;
+    };
+    if k == 0 {
+        // No products: C = act((accumulate ? C : 0) + bias).
+        for (i, row) in c.chunks_mut(ldc.max(n)).take(m).enumerate() {
+            for (j, x) in row[..n].iter_mut().enumerate() {
+                let mut v = if epi.accumulate { *x } else { 0.0 };
+                v += match epi.bias {
+                    Bias::None => 0.0,
+                    Bias::Row(bv) => bv[i],
+                    Bias::Col(bv) => bv[j],
+                };
+                *x = v.max(lo).min(hi);
+            }
+        }
+        return;
+    }
+    assert!(
+        span(m, k, a_l.rs, a_l.cs) <= a.len(),
+        "sgemm: lhs too short"
+    );
+    assert!(
+        span(k, n, b_l.rs, b_l.cs) <= b.len(),
+        "sgemm: rhs too short"
+    );
+
+    let p = Problem {
+        a,
+        a_l,
+        b: BSrc::Mat(b, b_l),
+        c_rs: ldc,
+        c_cs: 1,
+        k,
+        alpha: epi.alpha,
+        accumulate: epi.accumulate,
+        bias: epi.bias,
+        lo,
+        hi,
+    };
+    run_problem(&p, m, n, OutPtr(c.as_mut_ptr()), threads);
+}
+
+/// `c[m x n]` (row-major, row stride `ldc`) `= epi(a * B)` where `B` is the
+/// im2col matrix of `src` (`k x n`, `k = channels*kh*kw`, `n = oh*ow`),
+/// packed straight from the image (no im2col buffer). AVX2 only: the caller
+/// checks [`avx2_available`]. `epi.act` must be None, Relu or Clip.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv_gemm_fused(
+    m: usize,
+    k: usize,
+    a: &[f32],
+    src: ConvB,
+    c: &mut [f32],
+    epi: Epilogue,
+    threads: usize,
+) {
+    assert!(avx2_available(), "conv_gemm_fused needs AVX2+FMA");
+    let (lo, hi) = clamp_of(epi.act).expect("conv_gemm_fused: activation not fusable");
+    let n = src.oh * src.ow;
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    assert_eq!(k, src.channels * src.kh * src.kw, "conv_gemm_fused: k");
+    assert!(
+        src.img.len() >= src.channels * src.h * src.w,
+        "conv_gemm_fused: image too short"
+    );
+    assert!(c.len() >= m * n, "conv_gemm_fused: dst too short");
+    assert!(a.len() >= m * k, "conv_gemm_fused: lhs too short");
+    if let Bias::Row(bv) = epi.bias {
+        assert!(bv.len() >= m, "conv_gemm_fused: bias too short");
+    }
+    assert!(
+        !matches!(epi.bias, Bias::Col(_)),
+        "conv_gemm_fused: column bias"
+    );
+    let p = Problem {
+        a,
+        a_l: MatLayout::row_major(k),
+        b: BSrc::Conv(src),
+        c_rs: n,
+        c_cs: 1,
+        k,
+        alpha: epi.alpha,
+        accumulate: epi.accumulate,
+        bias: epi.bias,
+        lo,
+        hi,
+    };
+    run_problem(&p, m, n, OutPtr(c.as_mut_ptr()), threads);
+}
+
+/// The im2col matrix of one image (or group): row `(c*kh + ki)*kw + kj`,
+/// column `oy*ow + ox` holds `img[c, oy*sh + ki*dh - pt, ox*sw + kj*dw - pl]`
+/// (0 outside the image).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ConvB<'a> {
+    pub img: &'a [f32],
+    pub channels: usize,
+    pub h: usize,
+    pub w: usize,
+    pub oh: usize,
+    pub ow: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: [usize; 2],
+    pub dilation: [usize; 2],
+    /// `[top, left]`.
+    pub pad: [usize; 2],
+}
+
+impl ConvB<'_> {
+    /// `out[x] = B[q, j0 + x]` for `x < out.len()`.
+    fn fill_row(&self, q: usize, j0: usize, out: &mut [f32]) {
+        let taps = self.kh * self.kw;
+        let (ci, ki, kj) = (q / taps, (q % taps) / self.kw, q % self.kw);
+        let (h, w, ow) = (self.h, self.w, self.ow);
+        let plane = &self.img[ci * h * w..][..h * w];
+        let off = (kj * self.dilation[1]) as isize - self.pad[1] as isize;
+        let (vx0, vx1) = valid_range(off, self.stride[1], w, ow);
+        let sw = self.stride[1];
+        let mut j = j0;
+        let end = j0 + out.len();
+        let mut pos = 0;
+        while j < end {
+            let (oy, xa) = (j / ow, j % ow);
+            let xb = ow.min(xa + (end - j));
+            let seg = &mut out[pos..pos + (xb - xa)];
+            let iy = (oy * self.stride[0] + ki * self.dilation[0]) as isize - self.pad[0] as isize;
+            let (x0, x1) = (vx0.clamp(xa, xb), vx1.clamp(xa, xb));
+            if iy < 0 || iy >= h as isize || x0 >= x1 {
+                seg.fill(0.0);
+            } else {
+                let src = &plane[iy as usize * w..][..w];
+                seg[..x0 - xa].fill(0.0);
+                seg[x1 - xa..].fill(0.0);
+                let start = (x0 as isize * sw as isize + off) as usize;
+                let d = &mut seg[x0 - xa..x1 - xa];
+                if sw == 1 {
+                    d.copy_from_slice(&src[start..start + d.len()]);
+                } else {
+                    d.iter_mut()
+                        .zip(src[start..].iter().step_by(sw))
+                        .for_each(|(o, &s)| *o = s);
+                }
+            }
+            pos += xb - xa;
+            j += xb - xa;
+        }
+    }
+}
+
+/// Where the `k x n` right-hand operand comes from.
+#[derive(Clone, Copy)]
+enum BSrc<'a> {
+    /// A strided matrix.
+    Mat(&'a [f32], MatLayout),
+    /// Implicit im2col of an image.
+    Conv(ConvB<'a>),
+}
+
+fn run_problem(p: &Problem, m: usize, n: usize, out: OutPtr, threads: usize) {
+    let p = *p;
+
+    // Split the output into `parts` disjoint rectangles (along whichever
+    // dimension has more tiles), one per thread.
+    let (tm, tn) = (m.div_ceil(MR), n.div_ceil(NR));
+    let parts = threads.max(1).min(tm.max(tn));
+    if parts <= 1 {
+        PACK.with_borrow_mut(|bufs| region(&p, out, 0..m, 0..n, bufs));
+        return;
+    }
+    let split_n = tn >= tm || tn >= 4 * parts;
+    let (tiles, unit, len) = if split_n { (tn, NR, n) } else { (tm, MR, m) };
+    let bounds = |t: usize| (tiles * t / parts * unit).min(len);
+    (0..parts).into_par_iter().with_max_len(1).for_each(|t| {
+        let r = bounds(t)..bounds(t + 1);
+        if r.is_empty() {
+            return;
+        }
+        let (rows, cols) = if split_n { (0..m, r) } else { (r, 0..n) };
+        PACK.with_borrow_mut(|bufs| region(&p, out, rows, cols, bufs));
+    });
+}
+
+/// Computes the output rectangle `rows x cols` of `p` (single thread).
+fn region(
+    p: &Problem,
+    out: OutPtr,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    bufs: &mut Bufs,
+) {
+    let (abuf, bbuf, rowbuf) = bufs;
+    if abuf.len() < MC * KC {
+        abuf.resize(MC * KC, 0.0);
+    }
+    if bbuf.len() < KC * NC {
+        bbuf.resize(KC * NC, 0.0);
+    }
+    let k = p.k;
+    let mut jc = cols.start;
+    while jc < cols.end {
+        let nc = NC.min(cols.end - jc);
+        let mut pc = 0;
+        while pc < k {
+            let kc = KC.min(k - pc);
+            match p.b {
+                BSrc::Mat(b, l) => pack_b(b, l, pc, kc, jc, nc, bbuf),
+                BSrc::Conv(src) => {
+                    if rowbuf.len() < nc {
+                        rowbuf.resize(nc, 0.0);
+                    }
+                    for q in 0..kc {
+                        src.fill_row(pc + q, jc, &mut rowbuf[..nc]);
+                        scatter_row(q, kc, &rowbuf[..nc], bbuf);
+                    }
+                }
+            }
+            let first = pc == 0;
+            let last = pc + kc == k;
+            let mut ic = rows.start;
+            while ic < rows.end {
+                let mc = MC.min(rows.end - ic);
+                // Row-major A is read in place (the kernel broadcasts from
+                // 6 row streams); other layouts are packed.
+                let packed = p.a_l.cs != 1;
+                if packed {
+                    pack_a(p.a, p.a_l, ic, mc, pc, kc, abuf);
+                }
+                // A strip outer (stays in L1), B strips inner (the packed
+                // panel stays in L2): each A strip's output rows are written
+                // left to right, a few long streams rather than many short.
+                for ir in (0..mc).step_by(MR) {
+                    let mr = MR.min(mc - ir);
+                    for jr in (0..nc).step_by(NR) {
+                        let nr = NR.min(nc - jr);
+                        let bstrip = &bbuf[jr * kc..][..kc * NR];
+                        let a_src = if packed {
+                            ASrc::Packed(&abuf[ir * kc..][..kc * MR])
+                        } else {
+                            ASrc::Rows {
+                                a: p.a,
+                                lda: p.a_l.rs,
+                                pc,
+                            }
+                        };
+                        let tile = Tile {
+                            i0: ic + ir,
+                            j0: jc + jr,
+                            mr,
+                            nr,
+                            first,
+                            last,
+                        };
+                        #[cfg(target_arch = "x86_64")]
+                        // SAFETY: `region` is only reached from
+                        // `gemm_fused_avx2` after `avx2_available()`
+                        // returned true, so AVX2 and FMA are present;
+                        // the tile lies inside the checked output (see
+                        // `kernel_6x16`).
+                        unsafe {
+                            match a_src {
+                                ASrc::Packed(_) if nr <= 8 => {
+                                    kernel_6x16::<true, 1>(kc, a_src, bstrip, p, out, tile)
+                                }
+                                ASrc::Packed(_) => {
+                                    kernel_6x16::<true, 2>(kc, a_src, bstrip, p, out, tile)
+                                }
+                                ASrc::Rows { .. } if nr <= 8 => {
+                                    kernel_6x16::<false, 1>(kc, a_src, bstrip, p, out, tile)
+                                }
+                                ASrc::Rows { .. } => {
+                                    kernel_6x16::<false, 2>(kc, a_src, bstrip, p, out, tile)
+                                }
+                            }
+                        }
+                        #[cfg(not(target_arch = "x86_64"))]
+                        let _ = (a_src, bstrip, tile, out);
+                    }
+                }
+                ic += mc;
+            }
+            pc += kc;
+        }
+        jc += nc;
+    }
+}
+
+/// Packs `b[pc.., jc..]` (`kc x nc`) into `NR`-wide strips: strip `s` holds,
+/// for each depth `q`, the 16 values `b[pc+q, jc+s*NR .. +NR]` (zero-padded).
+fn pack_b(b: &[f32], l: MatLayout, pc: usize, kc: usize, jc: usize, nc: usize, dst: &mut [f32]) {
+    let dst = &mut dst[..nc.div_ceil(NR) * NR * kc];
+    if l.cs == 1 {
+        // Row-major B: read each row of the panel sequentially (one stream).
+        for q in 0..kc {
+            scatter_row(q, kc, &b[(pc + q) * l.rs + jc..][..nc], dst);
+        }
+        return;
+    }
+    for (s, strip) in dst.chunks_exact_mut(NR * kc).enumerate() {
+        let j0 = jc + s * NR;
+        let w = NR.min(jc + nc - j0);
+        for (q, d) in strip.chunks_exact_mut(NR).enumerate() {
+            let base = (pc + q) * l.rs + j0 * l.cs;
+            for (x, dv) in d[..w].iter_mut().enumerate() {
+                *dv = b[base + x * l.cs];
+            }
+            d[w..].fill(0.0);
+        }
+    }
+}
+
+/// Writes row `q` (`src`, `nc` values) of a `kc x nc` panel into its
+/// `NR`-wide strips (zero-padding the last one).
+#[inline]
+fn scatter_row(q: usize, kc: usize, src: &[f32], dst: &mut [f32]) {
+    let full = src.len() / NR;
+    let rem = src.len() - full * NR;
+    for (s, piece) in src.chunks_exact(NR).enumerate() {
+        dst[s * NR * kc + q * NR..][..NR].copy_from_slice(piece);
+    }
+    if rem > 0 {
+        let d = &mut dst[full * NR * kc + q * NR..][..NR];
+        d[..rem].copy_from_slice(&src[full * NR..]);
+        d[rem..].fill(0.0);
+    }
+}
+
+/// Packs `a[ic.., pc..]` (`mc x kc`) into `MR`-tall strips: strip `s` holds,
+/// for each depth `q`, the 6 values `a[ic+s*MR .. +MR, pc+q]` (zero-padded).
+fn pack_a(a: &[f32], l: MatLayout, ic: usize, mc: usize, pc: usize, kc: usize, dst: &mut [f32]) {
+    for (s, strip) in dst[..mc.div_ceil(MR) * MR * kc]
+        .chunks_exact_mut(MR * kc)
+        .enumerate()
+    {
+        let i0 = ic + s * MR;
+        let h = MR.min(ic + mc - i0);
+        if l.cs == 1 && h == MR {
+            // Row-major A: read the 6 rows in step.
+            let r: [&[f32]; MR] = std::array::from_fn(|i| &a[(i0 + i) * l.rs + pc..][..kc]);
+            for (q, d) in strip.chunks_exact_mut(MR).enumerate() {
+                for i in 0..MR {
+                    d[i] = r[i][q];
+                }
+            }
+        } else {
+            for (q, d) in strip.chunks_exact_mut(MR).enumerate() {
+                let base = i0 * l.rs + (pc + q) * l.cs;
+                for (i, dv) in d[..h].iter_mut().enumerate() {
+                    *dv = a[base + i * l.rs];
+                }
+                d[h..].fill(0.0);
+            }
+        }
+    }
+}
+
+/// The `A` operand of one micro-tile.
+#[derive(Clone, Copy)]
+enum ASrc<'s> {
+    /// A packed `MR`-tall strip (`kc * MR` values).
+    Packed(&'s [f32]),
+    /// Row-major `A` in place: rows `tile.i0..+mr` (row stride `lda`),
+    /// depths `pc..pc+kc`.
+    Rows { a: &'s [f32], lda: usize, pc: usize },
+}
+
+/// Where one micro-tile goes and which epilogue steps it takes.
+#[derive(Clone, Copy)]
+struct Tile {
+    i0: usize,
+    j0: usize,
+    mr: usize,
+    nr: usize,
+    /// First depth slice: overwrite (unless accumulating into C).
+    first: bool,
+    /// Last depth slice: add bias, apply the clamp.
+    last: bool,
+}
+
+/// One `MR x NR` tile: `acc = A_strip * B_strip` over `kc`, then
+/// `C[tile] = clamp?((first && !accumulate ? 0 : C) + alpha*acc + bias?)`.
+///
+/// # Safety
+/// * AVX2 and FMA must be available (checked by the caller).
+/// * `out` must point to the output slice of `gemm_fused_avx2`, whose bounds
+///   were checked for the whole `m x n` product with strides
+///   `(p.c_rs, p.c_cs)`; the tile writes only elements `(i0 + i, j0 + j)`
+///   with `i < mr`, `j < nr`, and `i0 + mr <= m`, `j0 + nr <= n` by
+///   construction in `region`, so every access is in bounds. Distinct
+///   `(i, j)` are distinct elements (the strides were checked not to make
+///   rows overlap), and each thread owns a disjoint rectangle of them.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn kernel_6x16<const PACKED: bool, const NV: usize>(
+    kc: usize,
+    a: ASrc,
+    b: &[f32],
+    p: &Problem,
+    out: OutPtr,
+    t: Tile,
+) {
+    use std::arch::x86_64::*;
+    // NV = 2: a 6x16 tile; NV = 1: a 6x8 tile for the last strip when at
+    // most 8 of its columns are used (the packed strip is still 16 wide).
+    assert!(b.len() >= kc * NR && t.mr >= 1 && t.mr <= MR);
+    assert!(NV == 2 || (NV == 1 && t.nr <= 8));
+    // Packed: one pointer, element (i, q) at q*MR + i. In place: one pointer
+    // per row (rows past `mr` repeat the last valid row; their results are
+    // discarded), element (i, q) at rows[i] + q.
+    let (ap, rows) = match a {
+        ASrc::Packed(s) => {
+            assert!(PACKED && s.len() >= kc * MR);
+            (s.as_ptr(), [s.as_ptr(); MR])
+        }
+        ASrc::Rows { a, lda, pc } => {
+            assert!(!PACKED);
+            let last = t.i0 + t.mr - 1;
+            assert!(
+                last * lda + pc + kc <= a.len(),
+                "sgemm: lhs rows out of bounds"
+            );
+            let rows: [*const f32; MR] =
+                // SAFETY: row (min(i, mr-1) + i0) starts at most at
+                // last*lda + pc, and that row has kc elements in bounds
+                // (asserted above).
+                std::array::from_fn(|i| unsafe { a.as_ptr().add((t.i0 + i.min(t.mr - 1)) * lda + pc) });
+            (a.as_ptr(), rows)
+        }
+    };
+    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+    let bp = b.as_ptr();
+    for q in 0..kc {
+        // SAFETY: q < kc; the packed strips hold kc*MR and kc*NR elements,
+        // each row pointer has kc elements (asserted above).
+        unsafe {
+            let b0 = _mm256_loadu_ps(bp.add(q * NR));
+            let b1 = if NV == 2 {
+                _mm256_loadu_ps(bp.add(q * NR + 8))
+            } else {
+                _mm256_setzero_ps()
+            };
+            for (i, r) in acc.iter_mut().enumerate() {
+                let av = if PACKED {
+                    *ap.add(q * MR + i)
+                } else {
+                    *rows[i].add(q)
+                };
+                let ai = _mm256_set1_ps(av);
+                r[0] = _mm256_fmadd_ps(ai, b0, r[0]);
+                if NV == 2 {
+                    r[1] = _mm256_fmadd_ps(ai, b1, r[1]);
+                }
+            }
+        }
+    }
+    if p.alpha != 1.0 {
+        let al = _mm256_set1_ps(p.alpha);
+        for r in acc.iter_mut() {
+            r[0] = _mm256_mul_ps(r[0], al);
+            r[1] = _mm256_mul_ps(r[1], al);
+        }
+    }
+    let load_c = !t.first || p.accumulate;
+    let c = out.0;
+    if t.mr == MR && t.nr == NR && p.c_cs == 1 {
+        let (lo, hi) = (_mm256_set1_ps(p.lo), _mm256_set1_ps(p.hi));
+        let col_bias = match (t.last, p.bias) {
+            (true, Bias::Col(bv)) => {
+                let bv = &bv[t.j0..t.j0 + NR];
+                // SAFETY: bv has NR elements.
+                unsafe {
+                    Some((
+                        _mm256_loadu_ps(bv.as_ptr()),
+                        _mm256_loadu_ps(bv.as_ptr().add(8)),
+                    ))
+                }
+            }
+            _ => None,
+        };
+        for (i, r) in acc.iter().enumerate() {
+            let (mut v0, mut v1) = (r[0], r[1]);
+            // SAFETY: row i0+i < m, columns j0..j0+16 <= n, cs == 1: inside
+            // the checked output (function contract).
+            let row = unsafe { c.add((t.i0 + i) * p.c_rs + t.j0) };
+            if load_c {
+                // SAFETY: as above.
+                unsafe {
+                    v0 = _mm256_add_ps(v0, _mm256_loadu_ps(row));
+                    v1 = _mm256_add_ps(v1, _mm256_loadu_ps(row.add(8)));
+                }
+            }
+            if t.last {
+                if let Bias::Row(bv) = p.bias {
+                    let bb = _mm256_set1_ps(bv[t.i0 + i]);
+                    v0 = _mm256_add_ps(v0, bb);
+                    v1 = _mm256_add_ps(v1, bb);
+                }
+                if let Some((b0, b1)) = col_bias {
+                    v0 = _mm256_add_ps(v0, b0);
+                    v1 = _mm256_add_ps(v1, b1);
+                }
+                v0 = _mm256_min_ps(_mm256_max_ps(v0, lo), hi);
+                v1 = _mm256_min_ps(_mm256_max_ps(v1, lo), hi);
+            }
+            // SAFETY: as above.
+            unsafe {
+                _mm256_storeu_ps(row, v0);
+                _mm256_storeu_ps(row.add(8), v1);
+            }
+        }
+        return;
+    }
+    // Partial or strided tile: through a buffer, element by element.
+    let mut tmp = [0.0f32; MR * NR];
+    for (i, r) in acc.iter().enumerate() {
+        // SAFETY: tmp has MR*NR elements; row i covers i*NR..i*NR+16.
+        unsafe {
+            _mm256_storeu_ps(tmp.as_mut_ptr().add(i * NR), r[0]);
+            _mm256_storeu_ps(tmp.as_mut_ptr().add(i * NR + 8), r[1]);
+        }
+    }
+    for i in 0..t.mr {
+        for j in 0..t.nr {
+            let (gi, gj) = (t.i0 + i, t.j0 + j);
+            // SAFETY: gi < m, gj < n: inside the checked output.
+            let dst = unsafe { &mut *c.add(gi * p.c_rs + gj * p.c_cs) };
+            let mut v = tmp[i * NR + j];
+            if load_c {
+                v += *dst;
+            }
+            if t.last {
+                v += match p.bias {
+                    Bias::None => 0.0,
+                    Bias::Row(bv) => bv[gi],
+                    Bias::Col(bv) => bv[gj],
+                };
+                v = v.max(p.lo).min(p.hi);
+            }
+            *dst = v;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: &mut u64) -> f32 {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    fn rand_vec(len: usize, seed: &mut u64) -> Vec<f32> {
+        (0..len).map(|_| lcg(seed)).collect()
+    }
+
+    /// Both paths (AVX2 kernel when available, portable) against a naive
+    /// triple loop: odd and multi-block sizes (crossing MC, KC, NC), 6x8 and
+    /// 6x16 tiles, transposed operands, padded dst, accumulate,
+    /// alpha, row/column bias, fused and unfused activations, 1-3 threads.
+    #[test]
+    fn gemm_fused_matches_naive() {
+        let pools: Vec<_> = (1..=3)
+            .map(|t| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(t)
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        let mut seed = 11;
+        let shapes = [
+            (1, 1, 1),
+            (6, 16, 3),
+            (7, 17, 5),
+            (2048 / 32, 49, 70),
+            (13, 3, 300),
+            (100, 1030, 260),
+            (5, 33, 0),
+            (64, 200, 27),
+        ];
+        let acts = [
+            Activation::None,
+            Activation::Relu,
+            Activation::Clip {
+                min: -0.1,
+                max: 0.2,
+            },
+            Activation::Sigmoid,
+        ];
+        let mut case = 0usize;
+        for &(m, n, k) in &shapes {
+            for ta in [false, true] {
+                for tb in [false, true] {
+                    case += 1;
+                    let accumulate = case.is_multiple_of(2);
+                    let alpha = if case.is_multiple_of(3) { 0.5 } else { 1.0 };
+                    let act = acts[case % acts.len()];
+                    let threads = 1 + case % 3;
+                    let a = rand_vec(m * k, &mut seed);
+                    let b = rand_vec(k * n, &mut seed);
+                    let rb = rand_vec(m, &mut seed);
+                    let cb = rand_vec(n, &mut seed);
+                    let bias = match case % 3 {
+                        0 => Bias::None,
+                        1 => Bias::Row(&rb),
+                        _ => Bias::Col(&cb),
+                    };
+                    let ldc = n + 2;
+                    let init = rand_vec(m * ldc, &mut seed);
+                    let a_l = if ta {
+                        MatLayout::col_major(m)
+                    } else {
+                        MatLayout::row_major(k)
+                    };
+                    let b_l = if tb {
+                        MatLayout::col_major(k)
+                    } else {
+                        MatLayout::row_major(n)
+                    };
+                    let epi = Epilogue {
+                        alpha,
+                        accumulate,
+                        bias,
+                        act,
+                    };
+                    for portable in [false, true] {
+                        if !portable && !avx2_available() {
+                            continue;
+                        }
+                        let mut c = init.clone();
+                        pools[threads - 1].install(|| {
+                            if portable {
+                                gemm_fused_portable(
+                                    m, n, k, &a, a_l, &b, b_l, &mut c, ldc, epi, threads,
+                                )
+                            } else {
+                                gemm_fused_avx2(
+                                    m, n, k, &a, a_l, &b, b_l, &mut c, ldc, epi, threads,
+                                )
+                            }
+                        });
+                        for i in 0..m {
+                            for j in 0..ldc {
+                                let got = c[i * ldc + j];
+                                if j >= n {
+                                    assert_eq!(got, init[i * ldc + j], "padding written");
+                                    continue;
+                                }
+                                let mut s = 0.0f64;
+                                for q in 0..k {
+                                    s += a[i * a_l.rs + q * a_l.cs] as f64
+                                        * b[q * b_l.rs + j * b_l.cs] as f64;
+                                }
+                                let mut want = alpha as f64 * s;
+                                if accumulate {
+                                    want += init[i * ldc + j] as f64;
+                                }
+                                want += match bias {
+                                    Bias::None => 0.0,
+                                    Bias::Row(v) => v[i] as f64,
+                                    Bias::Col(v) => v[j] as f64,
+                                };
+                                let want = act.apply(want as f32) as f64;
+                                assert!(
+                                    (got as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                                    "m{m} n{n} k{k} ta{ta} tb{tb} portable{portable} ({i},{j}): {got} vs {want}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
