@@ -249,3 +249,73 @@ fn bad_input_gives_a_clear_error_and_writes_nothing() {
         std::fs::remove_dir_all(&d).ok();
     }
 }
+
+#[test]
+fn batchnorm_can_stay_out_of_the_quantized_weights() {
+    // A small PyTorch-style network with Conv -> BatchNorm pairs (an op-coverage fixture),
+    // fed 16x16 crops of the bundled CIFAR images.
+    let model = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../afp-engine/tests/fixtures/ops/torch_style.onnx")
+        .display()
+        .to_string();
+    let data = assets()
+        .join("images/cifar10-test-500")
+        .display()
+        .to_string();
+    let dir = tmp("foldbn");
+    let mut plans = Vec::new();
+    for fold in ["true", "false"] {
+        let plan = dir.join(format!("fold_{fold}.afp")).display().to_string();
+        let pre = ["--data", &data, "--preprocess", "raw", "--crop", "16"];
+        let mut args = vec![
+            "quantize",
+            &model,
+            "-o",
+            &plan,
+            "--bits",
+            "8",
+            "--fold-bn",
+            fold,
+            "--quiet",
+        ];
+        args.extend(pre);
+        let out = afpq(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut args = vec!["eval", &plan, "--limit", "100", "--json", "--quiet"];
+        args.extend(pre);
+        let out = afpq(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(v["agreement"].as_f64().unwrap() >= 90.0, "fold {fold}: {v}");
+        plans.push(std::fs::read_to_string(&plan).unwrap());
+    }
+    let p: Vec<serde_json::Value> = plans
+        .iter()
+        .map(|t| serde_json::from_str(t).unwrap())
+        .collect();
+    assert_eq!(p[0]["options"]["fold_bn"], true);
+    assert_eq!(p[1]["options"]["fold_bn"], false);
+    // Same layers, but the unfolded plan quantized other weights (the BN scales are not in them).
+    assert_eq!(
+        p[0]["layers"].as_array().unwrap().len(),
+        p[1]["layers"].as_array().unwrap().len()
+    );
+    let objectives = |v: &serde_json::Value| -> Vec<f64> {
+        v["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["objective"].as_f64().unwrap())
+            .collect()
+    };
+    assert_ne!(objectives(&p[0]), objectives(&p[1]));
+    std::fs::remove_dir_all(&dir).ok();
+}
