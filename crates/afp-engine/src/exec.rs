@@ -9,7 +9,8 @@ use afp_kernels::GemmBias;
 /// A graph ready to run, with its buffers.
 pub struct Session {
     graph: Graph,
-    pool: rayon::ThreadPool,
+    /// Shared so a run can hold the pool while it borrows the session mutably.
+    pool: std::sync::Arc<rayon::ThreadPool>,
     /// Buffer of each slot.
     slots: Vec<Vec<f32>>,
     /// Slot of each runtime value (inputs and node outputs).
@@ -82,7 +83,7 @@ impl Session {
         let slots = sizes.iter().map(|&s| vec![0f32; s]).collect();
         Ok(Session {
             graph,
-            pool,
+            pool: std::sync::Arc::new(pool),
             slots,
             slot_of,
             scratch: Vec::new(),
@@ -132,13 +133,7 @@ impl Session {
             let s = self.slot_of[id].expect("inputs have slots");
             self.slots[s][..inputs[k].len()].copy_from_slice(inputs[k]);
         }
-        let pool = std::mem::replace(
-            &mut self.pool,
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(1)
-                .build()
-                .expect("1 thread"),
-        );
+        let pool = self.pool.clone();
         let result = pool.install(|| -> Result<()> {
             for k in 0..self.graph.nodes.len() {
                 self.run_node(k)?;
@@ -148,7 +143,6 @@ impl Session {
             }
             Ok(())
         });
-        self.pool = pool;
         result?;
         Ok(self
             .graph
