@@ -74,6 +74,30 @@ impl Classifier {
         Ok(self.sessions.get_mut(&batch).expect("inserted above"))
     }
 
+    /// Evaluates the images `indices` of `ds`, with a progress bar labelled `what`.
+    pub fn evaluate(
+        &mut self,
+        ds: &afp_eval::Dataset,
+        indices: &[usize],
+        src: &crate::common::DataSource,
+        batch: usize,
+        what: &str,
+        quiet: bool,
+    ) -> Result<afp_eval::Evaluation> {
+        let pb = crate::common::progress(indices.len() as u64, what, quiet);
+        let ev = afp_eval::evaluate(
+            ds,
+            indices,
+            &src.preprocess,
+            batch,
+            src.label_offset,
+            |x, n| self.infer(x, n),
+            |done| pb.set_position(done as u64),
+        )?;
+        pb.finish_and_clear();
+        Ok(ev)
+    }
+
     /// Scores (`n x classes`) of a batch of `n` preprocessed images.
     pub fn infer(&mut self, x: &[f32], n: usize) -> Result<Vec<f32>> {
         let s = self.session(n)?;

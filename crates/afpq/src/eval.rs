@@ -35,33 +35,12 @@ pub fn run(a: &Args) -> Result<()> {
     let mut clf = crate::engine_run::open(&path, threads)?;
     clf.check_input(src.preprocess.chw())?;
     let indices = ds.first_indices(a.limit);
-    let pb = common::progress(indices.len() as u64, "eval", a.quiet || a.json);
-    let ev = afp_eval::evaluate(
-        &ds,
-        &indices,
-        &src.preprocess,
-        a.batch,
-        src.label_offset,
-        |x, n| clf.infer(x, n),
-        |done| pb.set_position(done as u64),
-    )?;
-    pb.finish_and_clear();
+    let ev = clf.evaluate(&ds, &indices, &src, a.batch, "eval", a.quiet || a.json)?;
     // A quantized model is compared with its FP32 original on the same images.
     let fp32 = match &clf.plan {
         Some(_) => {
             let mut base = Classifier::new(clf.model.clone(), threads)?;
-            let pb = common::progress(indices.len() as u64, "eval fp32", a.quiet || a.json);
-            let e = afp_eval::evaluate(
-                &ds,
-                &indices,
-                &src.preprocess,
-                a.batch,
-                src.label_offset,
-                |x, n| base.infer(x, n),
-                |done| pb.set_position(done as u64),
-            )?;
-            pb.finish_and_clear();
-            Some(e)
+            Some(base.evaluate(&ds, &indices, &src, a.batch, "eval fp32", a.quiet || a.json)?)
         }
         None => None,
     };

@@ -48,17 +48,7 @@ pub fn run(a: &Args) -> Result<()> {
     let quiet = a.quiet || a.json;
     let mut base = Classifier::new(common::load_model(&path)?, threads)?;
     base.check_input(src.preprocess.chw())?;
-    let pb = common::progress(indices.len() as u64, "eval fp32", quiet);
-    let fp32 = afp_eval::evaluate(
-        &ds,
-        &indices,
-        &src.preprocess,
-        a.batch,
-        src.label_offset,
-        |x, n| base.infer(x, n),
-        |d| pb.set_position(d as u64),
-    )?;
-    pb.finish_and_clear();
+    let fp32 = base.evaluate(&ds, &indices, &src, a.batch, "eval fp32", quiet)?;
     let fp32_top1 = 100.0 * fp32.accuracy.top1_rate();
     let fp32_bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     let mut rows = vec![json!({
@@ -77,21 +67,8 @@ pub fn run(a: &Args) -> Result<()> {
             let plan = make_plan(&path, &a.data, &w, &a.q, threads, quiet)?;
             let mut clf = Classifier::new(base.model.clone(), threads)?;
             clf.plan = Some(plan.clone());
-            let pb = common::progress(
-                indices.len() as u64,
-                &format!("eval {fam} {}", plan.totals.avg_weight_bits),
-                quiet,
-            );
-            let ev = afp_eval::evaluate(
-                &ds,
-                &indices,
-                &src.preprocess,
-                a.batch,
-                src.label_offset,
-                |x, n| clf.infer(x, n),
-                |d| pb.set_position(d as u64),
-            )?;
-            pb.finish_and_clear();
+            let what = &format!("eval {fam} {}", plan.totals.avg_weight_bits);
+            let ev = clf.evaluate(&ds, &indices, &src, a.batch, what, quiet)?;
             let top1 = 100.0 * ev.accuracy.top1_rate();
             let row = json!({
                 "format": fam, "bits": plan.totals.avg_weight_bits.round() as u32, "top1": top1, "top5": 100.0 * ev.accuracy.top5_rate(),
