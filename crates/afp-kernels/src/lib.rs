@@ -27,3 +27,18 @@ pub use pool::{global_avg_pool, Pool2d};
 
 #[doc(hidden)]
 pub use matmul::{matmul, MatLayout};
+
+/// Deterministic pseudo-random test data shared by the unit tests.
+#[cfg(test)]
+mod test_rand {
+    fn lcg(seed: &mut u64) -> f32 {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    pub(crate) fn rand_vec(len: usize, seed: &mut u64) -> Vec<f32> {
+        (0..len).map(|_| lcg(seed)).collect()
+    }
+}

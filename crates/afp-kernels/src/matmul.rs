@@ -273,16 +273,7 @@ pub fn gemm(
 mod tests {
     use super::*;
 
-    fn lcg(seed: &mut u64) -> f32 {
-        *seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-
-    fn rand_vec(len: usize, seed: &mut u64) -> Vec<f32> {
-        (0..len).map(|_| lcg(seed)).collect()
-    }
+    use crate::test_rand::rand_vec;
 
     /// The safe wrapper against a naive triple loop: odd sizes, all four
     /// transposition combinations, strided (padded) dst, accumulate on/off,
