@@ -39,6 +39,11 @@ pub const FOLDABLE: &[&str] = &[
     "Max",
 ];
 
+/// The `i`-th of a node's optional inputs (absent when out of range or empty).
+pub fn nth<T: Copy>(v: &[Option<T>], i: usize) -> Option<T> {
+    v.get(i).copied().flatten()
+}
+
 /// Row-major strides of a shape.
 pub fn strides(shape: &[usize]) -> Vec<usize> {
     let mut s = vec![1usize; shape.len()];
@@ -383,11 +388,7 @@ pub fn eval(node: &NodeProto, inputs: &[Option<&Const>]) -> Result<Vec<Const>> {
     let op = node.op_type();
     let err = |r: String| node_err(node.name(), op, r);
     let input = |i: usize| -> Result<&Const> {
-        inputs
-            .get(i)
-            .copied()
-            .flatten()
-            .ok_or_else(|| err(format!("missing input {i}")))
+        nth(inputs, i).ok_or_else(|| err(format!("missing input {i}")))
     };
     let out = match op {
         "Constant" => {

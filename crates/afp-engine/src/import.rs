@@ -454,11 +454,7 @@ impl Builder {
         Ok(match op {
             "Conv" => {
                 need_rank(4)?;
-                let w = ids
-                    .get(1)
-                    .copied()
-                    .flatten()
-                    .ok_or_else(|| err("no weight".into()))?;
+                let w = fold::nth(ids, 1).ok_or_else(|| err("no weight".into()))?;
                 let ws = self.values[w].shape.clone();
                 if ws.len() != 4 {
                     return Err(err(format!(
@@ -495,7 +491,7 @@ impl Builder {
                         "kernel {kernel:?} is larger than the padded input {xs:?}"
                     )));
                 }
-                if let Some(b) = ids.get(2).copied().flatten() {
+                if let Some(b) = fold::nth(ids, 2) {
                     if self.values[b].numel() != ws[0] {
                         return Err(err("bias length differs from output channels".into()));
                     }
@@ -512,11 +508,7 @@ impl Builder {
             }
             "Gemm" => {
                 need_rank(2)?;
-                let bid = ids
-                    .get(1)
-                    .copied()
-                    .flatten()
-                    .ok_or_else(|| err("no B input".into()))?;
+                let bid = fold::nth(ids, 1).ok_or_else(|| err("no B input".into()))?;
                 let bs = self.values[bid].shape.clone();
                 if bs.len() != 2 {
                     return Err(err(format!("B has shape {bs:?}, rank 2 is required")));
@@ -536,7 +528,7 @@ impl Builder {
                 if k != k2 {
                     return Err(err(format!("A {xs:?} and B {bs:?} do not multiply")));
                 }
-                if let Some(c) = ids.get(2).copied().flatten() {
+                if let Some(c) = fold::nth(ids, 2) {
                     let cs = &self.values[c].shape;
                     if fold::broadcast_shapes(&[m, n], cs).as_deref() != Some(&[m, n][..]) {
                         return Err(err(format!("C {cs:?} does not broadcast to [{m}, {n}]")));
@@ -557,11 +549,7 @@ impl Builder {
                 )
             }
             "MatMul" => {
-                let bid = ids
-                    .get(1)
-                    .copied()
-                    .flatten()
-                    .ok_or_else(|| err("no B input".into()))?;
+                let bid = fold::nth(ids, 1).ok_or_else(|| err("no B input".into()))?;
                 let bs = self.values[bid].shape.clone();
                 if xs.len() < 2 || bs.len() < 2 || xs[xs.len() - 1] != bs[bs.len() - 2] {
                     return Err(err(format!("A {xs:?} and B {bs:?}: ranks >= 2 with matching inner dimensions are supported")));
@@ -641,10 +629,7 @@ impl Builder {
                     if let Some(v) = attr_float(node, attr) {
                         return Ok(v);
                     }
-                    match (
-                        ids.get(i).copied().flatten(),
-                        consts.get(i).copied().flatten(),
-                    ) {
+                    match (fold::nth(ids, i), fold::nth(consts, i)) {
                         (None, _) => Ok(default),
                         (Some(_), Some(c)) if c.len() == 1 => Ok(c.to_f32()[0]),
                         _ => Err(err(format!("the {attr} bound must be a constant scalar"))),
@@ -665,7 +650,7 @@ impl Builder {
                 }
                 let c = xs[1];
                 let p: Vec<Vec<f32>> = (1..5)
-                    .map(|i| match consts.get(i).copied().flatten() {
+                    .map(|i| match fold::nth(consts, i) {
                         Some(k) if k.len() == c => Ok(k.to_f32()),
                         _ => Err(err(format!("input {i} must be a constant of {c} values"))),
                     })
@@ -785,23 +770,17 @@ impl Builder {
                         attr_float(node, "value").unwrap_or(0.0),
                     )
                 } else {
-                    let p = consts
-                        .get(1)
-                        .copied()
-                        .flatten()
+                    let p = fold::nth(consts, 1)
                         .ok_or_else(|| err("pads must be constant".into()))?
                         .to_i64();
-                    let v = match (
-                        ids.get(2).copied().flatten(),
-                        consts.get(2).copied().flatten(),
-                    ) {
+                    let v = match (fold::nth(ids, 2), fold::nth(consts, 2)) {
                         (None, _) => 0.0,
                         (Some(_), Some(c)) if c.len() == 1 => c.to_f32()[0],
                         _ => return Err(err("constant_value must be a constant scalar".into())),
                     };
                     (p, v)
                 };
-                let axes: Vec<usize> = match consts.get(3).copied().flatten() {
+                let axes: Vec<usize> = match fold::nth(consts, 3) {
                     Some(a) => a
                         .to_i64()
                         .iter()
@@ -847,10 +826,7 @@ impl Builder {
                 (Op::Concat { axis }, present, shape)
             }
             "Reshape" => {
-                let req = consts
-                    .get(1)
-                    .copied()
-                    .flatten()
+                let req = fold::nth(consts, 1)
                     .ok_or_else(|| err("the shape input must be constant".into()))?
                     .to_i64();
                 let shape =
