@@ -72,7 +72,12 @@ pub fn write_model(path: &Path, model: &ModelProto) -> Result<(), OnnxError> {
             size,
         });
     }
-    let bytes = encode_model(model);
+    write_atomic(path, &encode_model(model))
+}
+
+/// Writes `bytes` to `path` atomically: to a temporary file in the same directory, fsync,
+/// rename over `path`, then (best effort) fsync the directory. A failure leaves no file behind.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), OnnxError> {
     let io_err = |action, path: &Path| {
         let path = path.to_path_buf();
         move |source| OnnxError::Io {
@@ -103,7 +108,7 @@ pub fn write_model(path: &Path, model: &ModelProto) -> Result<(), OnnxError> {
             .create_new(true)
             .open(&tmp)
             .map_err(io_err("cannot create temporary file", &tmp))?;
-        f.write_all(&bytes)
+        f.write_all(bytes)
             .map_err(io_err("cannot write temporary file", &tmp))?;
         f.sync_all()
             .map_err(io_err("cannot fsync temporary file", &tmp))?;

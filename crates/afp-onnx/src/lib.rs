@@ -23,7 +23,7 @@ mod tensor;
 
 pub use attr::{attr, attr_float, attr_floats, attr_int, attr_ints, attr_string, attr_tensor};
 pub use error::OnnxError;
-pub use io::{decode_model, encode_model, read_model, write_model};
+pub use io::{decode_model, encode_model, read_model, write_atomic, write_model};
 pub use onnx::attribute_proto::AttributeType;
 pub use onnx::tensor_proto::{DataLocation, DataType};
 pub use onnx::{
@@ -31,8 +31,8 @@ pub use onnx::{
     TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
 };
 pub use tensor::{
-    data_type, data_type_name, element_bits, element_count, f32_tensor, raw_byte_len, tensor_dims,
-    tensor_f32, tensor_i64, try_f32_tensor,
+    clear_tensor_data, data_type, data_type_name, element_bits, element_count, f32_tensor,
+    raw_byte_len, tensor_dims, tensor_f32, tensor_i64, tensor_raw_bytes, try_f32_tensor,
 };
 
 #[cfg(test)]

@@ -265,6 +265,101 @@ pub fn tensor_i64(t: &TensorProto) -> Result<Vec<i64>, OnnxError> {
     }
 }
 
+/// The tensor's data in the `raw_data` layout (little-endian, sub-byte types packed), whether
+/// it is stored in `raw_data` or in a typed field. Fixed-size element types only; the byte
+/// count is checked against the dims.
+pub fn tensor_raw_bytes(t: &TensorProto) -> Result<Vec<u8>, OnnxError> {
+    use DataType::*;
+    let dt = data_type(t)?;
+    let count = element_count(t)?;
+    let expected = raw_byte_len(dt, count).ok_or_else(|| {
+        OnnxError::tensor(
+            tname(t),
+            format!("{} tensors have no fixed element size", dt.as_str_name()),
+        )
+    })?;
+    let typed_len = match dt {
+        Float => t.float_data.len(),
+        Double => t.double_data.len(),
+        Int64 => t.int64_data.len(),
+        Uint32 | Uint64 => t.uint64_data.len(),
+        _ => t.int32_data.len(),
+    };
+    if let Some(raw) = raw_source(t, "typed data", typed_len)? {
+        if raw.len() != expected {
+            return Err(OnnxError::tensor(
+                tname(t),
+                format!(
+                    "raw_data has {} bytes but dims {:?} of {} need {expected}",
+                    raw.len(),
+                    t.dims,
+                    dt.as_str_name()
+                ),
+            ));
+        }
+        return Ok(raw.to_vec());
+    }
+    let bytes: Vec<u8> = match dt {
+        Float => from_typed(t, "float_data", &t.float_data, count, |v| {
+            Ok(v.to_le_bytes())
+        })?
+        .concat(),
+        Double => from_typed(t, "double_data", &t.double_data, count, |v| {
+            Ok(v.to_le_bytes())
+        })?
+        .concat(),
+        Int64 => from_typed(t, "int64_data", &t.int64_data, count, |v| {
+            Ok(v.to_le_bytes())
+        })?
+        .concat(),
+        Uint64 => from_typed(t, "uint64_data", &t.uint64_data, count, |v| {
+            Ok(v.to_le_bytes())
+        })?
+        .concat(),
+        Uint32 => from_typed(t, "uint64_data", &t.uint64_data, count, |v| {
+            u32::try_from(v)
+                .map(|v| v.to_le_bytes().to_vec())
+                .map_err(|_| OnnxError::tensor(tname(t), format!("UINT32 value {v} out of range")))
+        })?
+        .concat(),
+        Int32 => from_typed(t, "int32_data", &t.int32_data, count, |v| {
+            Ok(v.to_le_bytes())
+        })?
+        .concat(),
+        Int16 | Uint16 | Float16 | Bfloat16 => {
+            from_typed(t, "int32_data", &t.int32_data, count, |v| {
+                Ok((v as u16).to_le_bytes().to_vec())
+            })?
+            .concat()
+        }
+        Int8 | Uint8 | Bool | Float8e4m3fn | Float8e4m3fnuz | Float8e5m2 | Float8e5m2fnuz
+        | Float8e8m0 => from_typed(t, "int32_data", &t.int32_data, count, |v| Ok(v as u8))?,
+        other => {
+            return Err(OnnxError::tensor(
+                tname(t),
+                format!(
+                    "{} data in a typed field is not supported",
+                    other.as_str_name()
+                ),
+            ))
+        }
+    };
+    Ok(bytes)
+}
+
+/// Removes the tensor's data (raw, typed and external), keeping its name, type and dims.
+pub fn clear_tensor_data(t: &mut TensorProto) {
+    t.raw_data = None;
+    t.float_data.clear();
+    t.int32_data.clear();
+    t.string_data.clear();
+    t.int64_data.clear();
+    t.double_data.clear();
+    t.uint64_data.clear();
+    t.external_data.clear();
+    t.data_location = None;
+}
+
 /// Builds a FLOAT tensor with its data in `raw_data` (little-endian).
 ///
 /// # Errors

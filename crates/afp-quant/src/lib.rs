@@ -2,6 +2,7 @@
 //! ([`search`]), weight handling and baselines ([`weights`]), plans ([`plan`]), and turning
 //! statistics into a plan and a plan into a simulated graph ([`quantize`]).
 
+pub mod afpfile;
 pub mod bayes;
 pub mod calib;
 pub mod plan;
@@ -9,6 +10,6 @@ pub mod quantize;
 pub mod search;
 pub mod weights;
 
-pub use plan::Plan;
+pub use plan::{Plan, QuantizedModel};
 pub use quantize::{apply, plan_layers, quantizable_layers, totals, ActMode, QuantizeOptions};
 pub use search::{Family, Objective, SearchOptions, Strategy};

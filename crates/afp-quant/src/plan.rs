@@ -150,6 +150,14 @@ pub struct Plan {
     pub totals: Totals,
 }
 
+/// A plan with the codes of every layer's weights: what a `.afp` file holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantizedModel {
+    pub plan: Plan,
+    /// Per plan layer, one code per weight in `[channels, reduction]` layout.
+    pub codes: Vec<Vec<u8>>,
+}
+
 impl Plan {
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("plans serialize")

@@ -2,7 +2,7 @@
 //! formats, bias correction), and applying a plan to a graph for simulated evaluation.
 
 use crate::calib::InputStats;
-use crate::plan::{LayerPlan, Plan, Totals};
+use crate::plan::{LayerPlan, QuantizedModel, Totals};
 use crate::search::{self, Family, SearchOptions};
 use crate::weights::{self, WeightView};
 use afp_engine::ir::{Graph, Node, Op, Value};
@@ -47,13 +47,14 @@ pub fn quantizable_layers(g: &Graph) -> Vec<usize> {
         .collect()
 }
 
-/// Chooses every layer's weight and activation formats.
+/// Chooses every layer's weight and activation formats. Returns the layer plans and, per
+/// layer, the codes of its quantized weights.
 pub fn plan_layers(
     g: &Graph,
     layers: &[usize],
     stats: &[InputStats],
     o: &QuantizeOptions,
-) -> Result<Vec<LayerPlan>, String> {
+) -> Result<(Vec<LayerPlan>, Vec<Vec<u8>>), String> {
     let views: Vec<WeightView> = layers
         .iter()
         .map(|&k| WeightView::of(g, &g.nodes[k]).expect("quantizable"))
@@ -131,6 +132,7 @@ pub fn plan_layers(
         }
     };
     let mut out = Vec::with_capacity(layers.len());
+    let mut codes = Vec::with_capacity(layers.len());
     for (i, &k) in layers.iter().enumerate() {
         let n = &g.nodes[k];
         let c = &per_layer[i][pick[i]];
@@ -164,8 +166,12 @@ pub fn plan_layers(
             search_space: c.space,
             bias_correction,
         });
+        codes.push(
+            weights::encode_decoded(&c.plan, &c.decoded, views[i].channels, views[i].reduction)
+                .map_err(|e| format!("layer {}: {e}", n.name))?,
+        );
     }
-    Ok(out)
+    Ok((out, codes))
 }
 
 /// The bias change that cancels the mean output shift of quantized weights:
@@ -220,9 +226,17 @@ pub fn totals(layers: &[LayerPlan]) -> Totals {
 }
 
 /// Rewrites a lowered graph to the simulated quantized model: each planned layer gets its
-/// decoded weights (and corrected bias), and its input is rounded to its activation grid.
-pub fn apply(g: &mut Graph, plan: &Plan) -> Result<(), String> {
-    for lp in &plan.layers {
+/// weights decoded from their codes (and corrected bias), and its input is rounded to its
+/// activation grid.
+pub fn apply(g: &mut Graph, q: &QuantizedModel) -> Result<(), String> {
+    if q.codes.len() != q.plan.layers.len() {
+        return Err(format!(
+            "{} code tensors for {} planned layers",
+            q.codes.len(),
+            q.plan.layers.len()
+        ));
+    }
+    for (lp, codes) in q.plan.layers.iter().zip(&q.codes) {
         let k = g.nodes.iter().position(|n| n.name == lp.node).ok_or_else(|| format!("the plan's layer {:?} is not in the model (was the plan made for another model?)", lp.node))?;
         let view = WeightView::of(g, &g.nodes[k])
             .ok_or_else(|| format!("layer {:?} has no constant weight", lp.node))?;
@@ -232,7 +246,7 @@ pub fn apply(g: &mut Graph, plan: &Plan) -> Result<(), String> {
                 lp.node, view.shape, lp.weight_shape
             ));
         }
-        let decoded = weights::decode_with_plan(&view, &lp.weight)
+        let decoded = weights::decode_codes(&lp.weight, codes, view.channels, view.reduction)
             .map_err(|e| format!("layer {:?}: {e}", lp.node))?;
         let wid = push_const(
             g,

@@ -6,7 +6,7 @@ use crate::plan::{NumFormat, WeightPlan};
 use afp_engine::ir::{Graph, Node, Op};
 use afp_format::offset::OffsetRule;
 use afp_format::tensor::{GroupLayout, QuantizedTensor};
-use afp_format::Granularity;
+use afp_format::{Granularity, Grid, Lut};
 
 /// A layer's weights seen as `[channels, reduction]`, row-major.
 #[derive(Debug, Clone)]
@@ -158,42 +158,118 @@ fn afp_plan(format: NumFormat, gran: Granularity, q: QuantizedTensor) -> (Weight
     (plan, dec)
 }
 
-/// Decodes weights from a plan entry (re-encoding the original weights with the plan's offsets
-/// or scales, which gives the same codes as when the plan was made).
-pub fn decode_with_plan(w: &WeightView, p: &WeightPlan) -> Result<Vec<f32>, String> {
+/// The group layout of a plan entry over `[channels, reduction]` weights.
+fn plan_layout(p: &WeightPlan, channels: usize, reduction: usize) -> Result<GroupLayout, String> {
     let gran: Granularity = p
         .granularity
         .parse()
         .map_err(|e: afp_format::FormatError| e.to_string())?;
-    let layout = w.granularity_groups(gran);
+    let layout = GroupLayout::new(gran, &[channels, reduction], channels * reduction)
+        .map_err(|e| e.to_string())?;
+    let n = match p.format.format() {
+        Some(_) => p.offsets.len(),
+        None => p.scales.len(),
+    };
+    if n != layout.groups() {
+        return Err(format!(
+            "{n} offsets or scales for {} groups of {} weights",
+            layout.groups(),
+            p.granularity
+        ));
+    }
+    Ok(layout)
+}
+
+/// The codes (one per weight, `[channels, reduction]` layout) of weights that lie on their
+/// plan's grid, as the search returns them. AFP codes are the format's; INT codes are the
+/// integer in two's complement at the format's width. Fails if a value is off the grid.
+pub fn encode_decoded(
+    p: &WeightPlan,
+    decoded: &[f32],
+    channels: usize,
+    reduction: usize,
+) -> Result<Vec<u8>, String> {
+    let layout = plan_layout(p, channels, reduction)?;
+    let mut codes = vec![0u8; decoded.len()];
     match p.format.format() {
         Some(f) => {
-            let q = QuantizedTensor::with_offsets(
-                &w.data,
-                &[w.channels, w.reduction],
-                f,
-                layout,
-                p.offsets.clone(),
-            )
-            .map_err(|e| e.to_string())?;
-            Ok(q.decode())
+            for (gi, &t) in p.offsets.iter().enumerate() {
+                let r = layout.group_range(gi);
+                Grid::new(f, t)
+                    .map_err(|e| e.to_string())?
+                    .encode_slice(&decoded[r.clone()], &mut codes[r])
+                    .map_err(|e| e.to_string())?;
+            }
         }
         None => {
-            if p.scales.len() != layout.groups() {
-                return Err(format!(
-                    "{} scales for {} groups",
-                    p.scales.len(),
-                    layout.groups()
-                ));
-            }
-            let mut dec = vec![0f32; w.data.len()];
+            let mask = ((1u32 << p.format.bits) - 1) as u8;
             for (gi, &s) in p.scales.iter().enumerate() {
                 let r = layout.group_range(gi);
-                int_round(&w.data[r.clone()], s, p.format.bits, &mut dec[r]);
+                for (c, &v) in codes[r.clone()].iter_mut().zip(&decoded[r]) {
+                    let q = if s > 0.0 { (v / s).round() as i32 } else { 0 };
+                    *c = (q as u8) & mask;
+                }
             }
-            Ok(dec)
         }
     }
+    // Values off the grid would silently change: check the round trip.
+    let back = decode_codes(p, &codes, channels, reduction)?;
+    if let Some(i) = (0..decoded.len()).find(|&i| back[i] != decoded[i]) {
+        return Err(format!(
+            "weight {i} ({}) is not a value of its format (internal error)",
+            decoded[i]
+        ));
+    }
+    Ok(codes)
+}
+
+/// Weights (`[channels, reduction]` layout) from their codes and plan entry.
+pub fn decode_codes(
+    p: &WeightPlan,
+    codes: &[u8],
+    channels: usize,
+    reduction: usize,
+) -> Result<Vec<f32>, String> {
+    if codes.len() != channels * reduction {
+        return Err(format!(
+            "{} codes for {channels} x {reduction} weights",
+            codes.len()
+        ));
+    }
+    let layout = plan_layout(p, channels, reduction)?;
+    let mut out = vec![0f32; codes.len()];
+    match p.format.format() {
+        Some(f) => {
+            for (gi, &t) in p.offsets.iter().enumerate() {
+                let r = layout.group_range(gi);
+                let grid = Grid::new(f, t).map_err(|e| format!("group {gi}: {e}"))?;
+                Lut::new(&grid).decode_slice(&codes[r.clone()], &mut out[r]);
+            }
+        }
+        None => {
+            let bits = p.format.bits;
+            if !(2..=8).contains(&bits) {
+                return Err(format!("INT{bits} is not a supported width"));
+            }
+            let qmax = (1i32 << (bits - 1)) - 1;
+            let shift = 32 - bits;
+            for (gi, &s) in p.scales.iter().enumerate() {
+                if !(s.is_finite() && s >= 0.0) {
+                    return Err(format!("group {gi}: scale {s} is not finite and >= 0"));
+                }
+                let r = layout.group_range(gi);
+                for (o, &c) in out[r.clone()].iter_mut().zip(&codes[r]) {
+                    // Sign-extend the `bits`-bit two's complement code.
+                    let q = ((c as i32) << shift) >> shift;
+                    if q < -qmax {
+                        return Err(format!("group {gi}: code {c} is outside INT{bits}"));
+                    }
+                    *o = q as f32 * s;
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn int_round(x: &[f32], scale: f32, bits: u32, out: &mut [f32]) {

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 pub struct Classifier {
     pub model: Model,
     /// Applied to every lowered graph: the simulated quantized model.
-    pub plan: Option<afp_quant::Plan>,
+    pub plan: Option<afp_quant::QuantizedModel>,
     pub threads: usize,
     sessions: HashMap<usize, Session>,
     /// C, H, W of the single input.
@@ -56,7 +56,7 @@ impl Classifier {
             let fold_batchnorm = self
                 .plan
                 .as_ref()
-                .is_none_or(|p| p.options["fold_bn"].as_bool() != Some(false));
+                .is_none_or(|q| q.plan.options["fold_bn"].as_bool() != Some(false));
             let passes = afp_engine::passes::PassOptions { fold_batchnorm };
             let mut g = self
                 .model
@@ -105,23 +105,20 @@ impl Classifier {
     }
 }
 
-/// Reads a plan file (`.afp`).
-pub fn read_plan(path: &std::path::Path) -> Result<afp_quant::Plan> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    afp_quant::Plan::from_json(&text)
-        .map_err(anyhow::Error::msg)
-        .with_context(|| format!("{} is not an afpq plan", path.display()))
+/// Reads a `.afp` file.
+pub fn read_afp(path: &std::path::Path) -> Result<afp_quant::afpfile::AfpFile> {
+    afp_quant::afpfile::read(path).map_err(anyhow::Error::msg)
 }
 
-/// A classifier for a model file: an ONNX model, or a `.afp` plan (its model, simulated).
+/// A classifier for a model file: an ONNX model, or a `.afp` file (simulated: weights
+/// decoded from their codes, layer inputs rounded to their formats).
 pub fn open(path: &std::path::Path, threads: usize) -> Result<Classifier> {
     if path.extension().is_some_and(|e| e == "afp") {
-        let plan = read_plan(path)?;
-        let model = crate::common::load_model(std::path::Path::new(&plan.model))
-            .with_context(|| format!("the model of plan {}", path.display()))?;
+        let f = read_afp(path)?;
+        let model = afp_engine::Model::from_proto(f.model)
+            .with_context(|| format!("the model in {}", path.display()))?;
         let mut c = Classifier::new(model, threads)?;
-        c.plan = Some(plan);
+        c.plan = Some(f.quantized);
         Ok(c)
     } else {
         Classifier::new(crate::common::load_model(path)?, threads)

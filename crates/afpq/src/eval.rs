@@ -37,10 +37,21 @@ pub fn run(a: &Args) -> Result<()> {
     let indices = ds.first_indices(a.limit);
     let ev = clf.evaluate(&ds, &indices, &src, a.batch, "eval", a.quiet || a.json)?;
     // A quantized model is compared with its FP32 original on the same images.
+    // The .afp file holds codes, not the FP32 weights: the original model is read from the
+    // path recorded when it was quantized.
     let fp32 = match &clf.plan {
-        Some(_) => {
-            let mut base = Classifier::new(clf.model.clone(), threads)?;
-            Some(base.evaluate(&ds, &indices, &src, a.batch, "eval fp32", a.quiet || a.json)?)
+        Some(q) => {
+            let orig = std::path::Path::new(&q.plan.model);
+            if orig.is_file() {
+                let mut base = Classifier::new(common::load_model(orig)?, threads)?;
+                Some(base.evaluate(&ds, &indices, &src, a.batch, "eval fp32", a.quiet || a.json)?)
+            } else {
+                eprintln!(
+                    "note: the FP32 model {} is not there; no comparison with it",
+                    orig.display()
+                );
+                None
+            }
         }
         None => None,
     };
@@ -89,7 +100,8 @@ pub fn run(a: &Args) -> Result<()> {
         if let Some(ag) = agreement {
             o["reference_top1_agreement"] = json!(ag);
         }
-        if let (Some(f), Some(p)) = (&fp32, &clf.plan) {
+        if let (Some(f), Some(q)) = (&fp32, &clf.plan) {
+            let p = &q.plan;
             let f1 = 100.0 * f.accuracy.top1_rate();
             o["fp32_top1"] = json!(f1);
             o["fp32_top5"] = json!(100.0 * f.accuracy.top5_rate());
@@ -116,7 +128,8 @@ pub fn run(a: &Args) -> Result<()> {
         if let Some(ag) = agreement {
             println!("top-1 prediction equal to the reference runtime's on {ag:.2}% of images");
         }
-        if let (Some(f), Some(p)) = (&fp32, &clf.plan) {
+        if let (Some(f), Some(q)) = (&fp32, &clf.plan) {
+            let p = &q.plan;
             let f1 = 100.0 * f.accuracy.top1_rate();
             println!(
                 "FP32 top-1 {f1:.2}%: drop {:.2} points; top-1 equal to FP32 on {:.2}% of images ({:.3} weight bits{})",

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// ONNX model.
+    /// ONNX model, or a quantized `.afp` file.
     model: PathBuf,
     #[arg(long)]
     json: bool,
@@ -28,6 +28,9 @@ fn stats(w: &[f32]) -> serde_json::Value {
 }
 
 pub fn run(a: &Args) -> Result<()> {
+    if a.model.extension().is_some_and(|e| e == "afp") {
+        return inspect_afp(a);
+    }
     let model = common::load_model(&a.model)?;
     let proto_graph = model.proto.graph.as_ref().expect("checked at load");
     let mut op_counts: BTreeMap<String, usize> = BTreeMap::new();
@@ -149,5 +152,105 @@ pub fn run(a: &Args) -> Result<()> {
         );
     }
     println!("\ntotal: {params} parameters (float initializers), {total_macs} MACs per image (Conv, Gemm, MatMul)");
+    Ok(())
+}
+
+/// A `.afp` file: its size against the FP32 model, where the bytes go, and the per-layer plan.
+fn inspect_afp(a: &Args) -> Result<()> {
+    let f = crate::engine_run::read_afp(&a.model)?;
+    let plan = &f.quantized.plan;
+    let s = f.sizes;
+    let fp32_bytes = plan.model_bytes;
+    let compression = fp32_bytes as f64 / s.file_bytes.max(1) as f64;
+    let layers: Vec<serde_json::Value> = plan
+        .layers
+        .iter()
+        .map(|l| {
+            json!({
+                "node": l.node, "op": l.op, "weight_shape": l.weight_shape, "params": l.params,
+                "format": l.weight.format.label(), "bits": l.weight.format.bits,
+                "granularity": l.weight.granularity,
+                "offset_min": l.weight.offsets.iter().min(), "offset_max": l.weight.offsets.iter().max(),
+                "weight_sqnr_db": l.weight_sqnr_db,
+                "act_format": l.act.as_ref().map(|x| x.format.label()),
+                "act_offset": l.act.as_ref().map(|x| x.offset),
+                "bias_corrected": l.bias_correction.is_some(),
+            })
+        })
+        .collect();
+    if a.json {
+        println!(
+            "{}",
+            json!({
+                "file": a.model.display().to_string(), "file_bytes": s.file_bytes,
+                "fp32_model": plan.model, "fp32_bytes": fp32_bytes, "compression": compression,
+                "packed_weight_bytes": s.packed_weight_bytes, "quantized_side_bytes": s.quantized_side_bytes,
+                "unquantized_bytes": s.unquantized_bytes, "overhead": s.overhead(),
+                "avg_weight_bits": plan.totals.avg_weight_bits, "avg_act_bits": plan.totals.avg_act_bits,
+                "params": plan.totals.params, "options": plan.options, "has_card": f.card.is_some(),
+                "layers": layers,
+            })
+        );
+        return Ok(());
+    }
+    println!("{}: afpq model file", a.model.display());
+    println!(
+        "  {} bytes, {compression:.2}x smaller than the FP32 model ({fp32_bytes} bytes, {})",
+        s.file_bytes, plan.model
+    );
+    println!(
+        "  packed weights {} bytes + offsets/scales/bias corrections {} + other tensors {}; header, graph and plan {:.2}% on top",
+        s.packed_weight_bytes,
+        s.quantized_side_bytes,
+        s.unquantized_bytes,
+        100.0 * s.overhead()
+    );
+    println!(
+        "  {} layers, {} parameters, {:.3} weight bits on average{}",
+        plan.totals.layers,
+        plan.totals.params,
+        plan.totals.avg_weight_bits,
+        plan.totals
+            .avg_act_bits
+            .map(|b| format!(", {b:.3} activation bits"))
+            .unwrap_or_default()
+    );
+    println!(
+        "  {:<48} {:>9} {:>8} {:>8} {:>9} {:>9}",
+        "layer", "params", "format", "offsets", "SQNR dB", "input"
+    );
+    for l in &plan.layers {
+        let offs = match (l.weight.offsets.iter().min(), l.weight.offsets.iter().max()) {
+            (Some(lo), Some(hi)) if lo == hi => format!("{lo}"),
+            (Some(lo), Some(hi)) => format!("{lo}..{hi}"),
+            _ => "scales".to_string(),
+        };
+        let name: String = if l.node.chars().count() > 48 {
+            let tail: String = l
+                .node
+                .chars()
+                .rev()
+                .take(45)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            format!("...{tail}")
+        } else {
+            l.node.clone()
+        };
+        println!(
+            "  {name:<48} {:>9} {:>8} {offs:>8} {:>9} {:>9}",
+            l.params,
+            l.weight.format.label(),
+            l.weight_sqnr_db
+                .map(|d| format!("{d:.1}"))
+                .unwrap_or("exact".into()),
+            l.act
+                .as_ref()
+                .map(|x| format!("{}@{}", x.format.label(), x.offset))
+                .unwrap_or("fp32".into())
+        );
+    }
     Ok(())
 }

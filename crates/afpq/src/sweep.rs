@@ -64,9 +64,10 @@ pub fn run(a: &Args) -> Result<()> {
                 avg_bits: None,
                 format: fam.clone(),
             };
-            let plan = make_plan(&path, &a.data, &w, &a.q, threads, quiet)?;
+            let q = make_plan(&base.model, &path, &a.data, &w, &a.q, threads, quiet)?;
             let mut clf = Classifier::new(base.model.clone(), threads)?;
-            clf.plan = Some(plan.clone());
+            let plan = q.plan.clone();
+            clf.plan = Some(q);
             let what = &format!("eval {fam} {}", plan.totals.avg_weight_bits);
             let ev = clf.evaluate(&ds, &indices, &src, a.batch, what, quiet)?;
             let top1 = 100.0 * ev.accuracy.top1_rate();

@@ -245,6 +245,52 @@ fn bad_input_gives_a_clear_error_and_writes_nothing() {
     // Not a plan.
     let out = afpq(&["eval", &card(), "--card", &card()]);
     assert_eq!(out.status.code(), Some(1));
+    // Damaged .afp files: a clear error naming the file, never a panic.
+    let good = dir.join("good.afp");
+    let out = afpq(&[
+        "quantize",
+        "--card",
+        &card(),
+        "-o",
+        &good.display().to_string(),
+        "--bits",
+        "4",
+        "--quiet",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bytes = std::fs::read(&good).unwrap();
+    let bad = dir.join("bad.afp");
+    let mut flipped = bytes.clone();
+    let mid = bytes.len() / 2;
+    flipped[mid] ^= 1;
+    for (what, content, needle) in [
+        ("truncated", bytes[..bytes.len() / 3].to_vec(), "bad.afp"),
+        ("a flipped bit", flipped, "checksum"),
+        ("empty", vec![], "bad.afp"),
+        (
+            "not safetensors",
+            b"hello, world, this is not a model".to_vec(),
+            "safetensors",
+        ),
+    ] {
+        std::fs::write(&bad, content).unwrap();
+        for cmd in [
+            &["eval", &bad.display().to_string(), "--card", &card()][..],
+            &["inspect", &bad.display().to_string()][..],
+        ] {
+            let out = afpq(cmd);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{what}: {err}");
+            assert!(
+                err.contains(needle) && !err.contains("panicked"),
+                "{what}: {err}"
+            );
+        }
+    }
     for d in [dir, empty, nan_dir] {
         std::fs::remove_dir_all(&d).ok();
     }
@@ -295,7 +341,8 @@ fn batchnorm_can_stay_out_of_the_quantized_weights() {
         );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert!(v["agreement"].as_f64().unwrap() >= 90.0, "fold {fold}: {v}");
-        plans.push(std::fs::read_to_string(&plan).unwrap());
+        let report = std::path::Path::new(&plan).with_extension("report.json");
+        plans.push(std::fs::read_to_string(report).unwrap());
     }
     let p: Vec<serde_json::Value> = plans
         .iter()
