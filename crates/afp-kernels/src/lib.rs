@@ -26,7 +26,7 @@ pub use matmul::{gemm, GemmBias};
 pub use pool::{global_avg_pool, Pool2d};
 
 #[doc(hidden)]
-pub use matmul::{matmul, MatLayout};
+pub use matmul::{matmul, threads_for, MatLayout};
 
 /// Deterministic pseudo-random test data shared by the unit tests.
 #[cfg(test)]

@@ -9,7 +9,7 @@ pub(crate) const PAR_MIN_MACS: usize = 1 << 19;
 
 /// Number of threads to hand to `gemm` for an `m x n x k` product, from the
 /// caller's rayon pool.
-pub(crate) fn threads_for(m: usize, n: usize, k: usize) -> usize {
+pub fn threads_for(m: usize, n: usize, k: usize) -> usize {
     let t = rayon::current_num_threads();
     if t > 1 && m.saturating_mul(n).saturating_mul(k) >= PAR_MIN_MACS {
         t

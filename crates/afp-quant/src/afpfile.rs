@@ -552,6 +552,7 @@ mod tests {
             bias_correct: false,
             min_bits: 3,
             max_bits: 8,
+            gptq: None,
         };
         let (mut lp, codes) = plan_layers(&g, &layers, &stats, &o).unwrap();
         lp[0].bias_correction = Some(vec![0.25; lp[0].weight_shape[0]]);

@@ -10,6 +10,8 @@ use afp_engine::{Result, Session};
 const SAMPLE_PER_BATCH: usize = 8192;
 /// Patches (or rows) kept per image.
 const PATCHES_PER_IMAGE: usize = 16;
+/// Output positions per image whose input vectors enter the Hessian (spread evenly).
+const HESSIAN_POSITIONS_PER_IMAGE: usize = 1024;
 
 #[derive(Debug, Clone, Default)]
 pub struct InputStats {
@@ -20,6 +22,8 @@ pub struct InputStats {
     pub patches: Vec<Vec<f32>>,
     pub patch_len: usize,
     pub patch_count: usize,
+    /// Per group, `sum x xᵀ` over the input vectors (GPTQ rounding); empty unless asked for.
+    pub hessians: Vec<crate::gptq::Hessian>,
 }
 
 impl InputStats {
@@ -62,20 +66,23 @@ pub struct Calibrator {
 }
 
 impl Calibrator {
-    pub fn new(g: &Graph, layers: &[usize]) -> Calibrator {
+    /// `hessians`: also accumulate each layer's input Hessian (for GPTQ rounding).
+    pub fn new(g: &Graph, layers: &[usize], hessians: bool) -> Calibrator {
         let stats = layers
             .iter()
             .map(|&k| {
                 let n = &g.nodes[k];
-                match &n.op {
+                let (groups, k_len) = match &n.op {
                     Op::Conv { conv, .. } => {
-                        InputStats::new(conv.group, conv.c_in / conv.group * conv.kh * conv.kw)
+                        (conv.group, conv.c_in / conv.group * conv.kh * conv.kw)
                     }
-                    _ => {
-                        let s = &g.values[n.inputs[0]].shape;
-                        InputStats::new(1, *s.last().unwrap_or(&1))
-                    }
+                    _ => (1, *g.values[n.inputs[0]].shape.last().unwrap_or(&1)),
+                };
+                let mut st = InputStats::new(groups, k_len);
+                if hessians {
+                    st.hessians = vec![crate::gptq::Hessian::new(k_len); groups];
                 }
+                st
             })
             .collect();
         let infos = layers
@@ -138,6 +145,9 @@ fn update(info: &LayerInfo, data: &[f32], st: &mut InputStats, batch_no: usize) 
     st.sample
         .extend(data.iter().skip(phase).step_by(step).take(SAMPLE_PER_BATCH));
     let shape = &info.shape;
+    if !st.hessians.is_empty() {
+        add_to_hessians(info, data, st);
+    }
     match &info.conv {
         Some(conv) => {
             let (n, c, h, w) = (shape[0], shape[1], shape[2], shape[3]);
@@ -183,6 +193,59 @@ fn update(info: &LayerInfo, data: &[f32], st: &mut InputStats, batch_no: usize) 
                 st.patches[0].extend_from_slice(&data[r * k_len..(r + 1) * k_len]);
                 st.patch_count += 1;
             }
+        }
+    }
+}
+
+/// Adds the input vectors of (up to [`HESSIAN_POSITIONS_PER_IMAGE`]) output positions of every
+/// image of the batch to the layer's per-group Hessians.
+fn add_to_hessians(info: &LayerInfo, data: &[f32], st: &mut InputStats) {
+    let shape = &info.shape;
+    match &info.conv {
+        Some(conv) => {
+            let (n, c, h, w) = (shape[0], shape[1], shape[2], shape[3]);
+            let (oh, ow) = conv.out_hw(h, w);
+            let cg = c / conv.group;
+            let k_len = cg * conv.kh * conv.kw;
+            let npos = oh * ow;
+            let take = npos.min(HESSIAN_POSITIONS_PER_IMAGE);
+            let mut x = vec![0f32; take * k_len];
+            for img in 0..n {
+                for grp in 0..conv.group {
+                    for (r, row) in x.chunks_exact_mut(k_len).enumerate() {
+                        // Evenly spread positions (all of them when there are few).
+                        let pos = r * npos / take;
+                        let (y, xo) = (pos / ow, pos % ow);
+                        let mut idx = 0;
+                        for ci in grp * cg..(grp + 1) * cg {
+                            for ky in 0..conv.kh {
+                                let iy = (y * conv.stride[0] + ky * conv.dilation[0]) as isize
+                                    - conv.pads[0] as isize;
+                                for kx in 0..conv.kw {
+                                    let ix = (xo * conv.stride[1] + kx * conv.dilation[1]) as isize
+                                        - conv.pads[1] as isize;
+                                    row[idx] = if iy >= 0
+                                        && ix >= 0
+                                        && (iy as usize) < h
+                                        && (ix as usize) < w
+                                    {
+                                        data[((img * c + ci) * h + iy as usize) * w + ix as usize]
+                                    } else {
+                                        0.0
+                                    };
+                                    idx += 1;
+                                }
+                            }
+                        }
+                    }
+                    st.hessians[grp].add(&x, take);
+                }
+            }
+        }
+        None => {
+            let k_len = st.patch_len;
+            let rows = data.len() / k_len.max(1);
+            st.hessians[0].add(&data[..rows * k_len], rows);
         }
     }
 }

@@ -32,6 +32,8 @@ pub struct QuantizeOptions {
     /// Bit-widths the budget allocation may choose from.
     pub min_bits: u32,
     pub max_bits: u32,
+    /// Error-compensating rounding (needs Hessians from calibration); `None`: nearest.
+    pub gptq: Option<crate::gptq::GptqOptions>,
 }
 
 /// Nodes whose weights are quantized: Conv, Gemm and 2-D MatMul with a constant weight.
@@ -131,11 +133,23 @@ pub fn plan_layers(
                 .collect()
         }
     };
+    // The chosen configuration per layer, re-rounded by GPTQ when asked.
+    let chosen: Vec<search::WeightChoice> = (0..layers.len())
+        .into_par_iter()
+        .map(|i| {
+            let c = per_layer[i][pick[i]].clone();
+            match o.gptq {
+                Some(go) => gptq_rounding(&views[i], &stats[i], c, go)
+                    .map_err(|e| format!("layer {}: {e}", g.nodes[layers[i]].name)),
+                None => Ok(c),
+            }
+        })
+        .collect::<Result<_, _>>()?;
     let mut out = Vec::with_capacity(layers.len());
     let mut codes = Vec::with_capacity(layers.len());
     for (i, &k) in layers.iter().enumerate() {
         let n = &g.nodes[k];
-        let c = &per_layer[i][pick[i]];
+        let c = &chosen[i];
         let act = match act_bits[i] {
             Some(b) => Some(
                 search::best_activation(
@@ -172,6 +186,34 @@ pub fn plan_layers(
         );
     }
     Ok((out, codes))
+}
+
+/// Re-rounds a chosen configuration's weights with GPTQ, keeping its formats and offsets.
+fn gptq_rounding(
+    w: &WeightView,
+    stats: &InputStats,
+    mut c: search::WeightChoice,
+    o: crate::gptq::GptqOptions,
+) -> Result<search::WeightChoice, String> {
+    let groups = stats.hessians.len();
+    if groups == 0 || !w.channels.is_multiple_of(groups) {
+        return Err("GPTQ rounding needs the input Hessians from calibration".into());
+    }
+    let per_group = w.channels / groups;
+    let k = w.reduction;
+    let round = weights::channel_rounder(&c.plan, w.channels, k)?;
+    let mut decoded = Vec::with_capacity(w.data.len());
+    for (gi, h) in stats.hessians.iter().enumerate() {
+        if h.k != k {
+            return Err(format!("Hessian of size {} for {k} inputs", h.k));
+        }
+        let rows = &w.data[gi * per_group * k..(gi + 1) * per_group * k];
+        let shifted = |r: usize, v: f32| round(gi * per_group + r, v);
+        decoded.extend(crate::gptq::round(rows, per_group, h, o, &shifted)?);
+    }
+    c.sqnr_db = Some(weights::sqnr_db(&w.data, &decoded)).filter(|v| v.is_finite());
+    c.decoded = decoded;
+    Ok(c)
 }
 
 /// The bias change that cancels the mean output shift of quantized weights:

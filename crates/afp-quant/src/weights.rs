@@ -375,6 +375,52 @@ pub fn kl_divergence(w: &[f32], q: &[f32]) -> f64 {
     kl
 }
 
+/// Rounds one value of output channel `c` to its grid under plan entry `p` (nearest; what
+/// GPTQ calls for each weight). Tensor or channel granularity.
+pub fn channel_rounder(
+    p: &WeightPlan,
+    channels: usize,
+    reduction: usize,
+) -> Result<impl Fn(usize, f32) -> f32 + Sync, String> {
+    let layout = plan_layout(p, channels, reduction)?;
+    let per_channel = match layout.groups() {
+        1 => false,
+        g if g == channels => true,
+        g => {
+            return Err(format!(
+                "GPTQ rounding needs tensor or channel granularity ({g} groups for {channels} channels)"
+            ))
+        }
+    };
+    enum Rule {
+        Afp(Vec<Grid>),
+        Int(Vec<f32>, f32),
+    }
+    let rule = match p.format.format() {
+        Some(f) => Rule::Afp(
+            p.offsets
+                .iter()
+                .map(|&t| Grid::new(f, t).map_err(|e| e.to_string()))
+                .collect::<Result<_, _>>()?,
+        ),
+        None => Rule::Int(p.scales.clone(), ((1i32 << (p.format.bits - 1)) - 1) as f32),
+    };
+    Ok(move |c: usize, v: f32| {
+        let g = if per_channel { c } else { 0 };
+        match &rule {
+            Rule::Afp(grids) => grids[g].quantize_finite(v),
+            Rule::Int(scales, qmax) => {
+                let s = scales[g];
+                if s > 0.0 {
+                    (v / s).round_ties_even().clamp(-qmax, *qmax) * s
+                } else {
+                    0.0
+                }
+            }
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

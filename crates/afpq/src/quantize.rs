@@ -67,6 +67,13 @@ pub struct QuantArgs {
     /// Calibration images from the dataset (spread over it deterministically).
     #[arg(long, default_value_t = 32)]
     pub calib: usize,
+    /// Weight rounding: nearest (each weight to its nearest level) or gptq (error-compensating:
+    /// each layer's output on the calibration images stays close; uses their input Hessians).
+    #[arg(long, default_value = "nearest")]
+    pub rounding: String,
+    /// GPTQ damping, relative to the mean of the Hessian's diagonal.
+    #[arg(long, default_value_t = 0.01)]
+    pub gptq_damp: f64,
 }
 
 #[derive(clap::Args)]
@@ -145,6 +152,19 @@ impl QuantArgs {
             bias_correct: self.bias_correct,
             min_bits: 3,
             max_bits: 8,
+            gptq: match self.rounding.as_str() {
+                "nearest" => None,
+                "gptq" => {
+                    if !(self.gptq_damp > 0.0 && self.gptq_damp.is_finite()) {
+                        bail!("--gptq-damp must be positive");
+                    }
+                    Some(afp_quant::gptq::GptqOptions {
+                        damp: self.gptq_damp,
+                        act_order: true,
+                    })
+                }
+                r => bail!("--rounding is nearest or gptq, not {r:?}"),
+            },
         })
     }
 
@@ -154,7 +174,8 @@ impl QuantArgs {
             "granularity": self.granularity, "objective": self.objective, "penalty": self.penalty,
             "offset": self.offset, "act_format": self.act_format, "zero_mode": self.zero_mode,
             "keep_first_last": self.keep_first_last, "bias_correct": self.bias_correct, "calib": self.calib,
-            "search": self.search, "fold_bn": self.fold_bn,
+            "search": self.search, "fold_bn": self.fold_bn, "rounding": self.rounding,
+            "gptq_damp": (self.rounding == "gptq").then_some(self.gptq_damp),
         })
     }
 }
@@ -205,7 +226,7 @@ pub fn make_plan(
             );
         }
     }
-    let mut cal = afp_quant::calib::Calibrator::new(&g, &layers);
+    let mut cal = afp_quant::calib::Calibrator::new(&g, &layers, opts.gptq.is_some());
     let mut session = afp_engine::Session::new(g.clone(), threads)?;
     let pb = common::progress(idx.len() as u64, "calibrate", quiet);
     let per = src.preprocess.image_len();
