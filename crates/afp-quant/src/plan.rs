@@ -151,6 +151,11 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Whether the plan's layers are nodes of the graph lowered with BatchNorm folding
+    /// (`--fold-bn`, default true): the graph to apply it to must be lowered the same way.
+    pub fn fold_bn(&self) -> bool {
+        self.options["fold_bn"].as_bool() != Some(false)
+    }
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("plans serialize")
     }

@@ -53,10 +53,7 @@ impl Classifier {
     pub fn session(&mut self, batch: usize) -> Result<&mut Session> {
         if !self.sessions.contains_key(&batch) {
             // A plan made without BatchNorm folding applies to a graph lowered the same way.
-            let fold_batchnorm = self
-                .plan
-                .as_ref()
-                .is_none_or(|p| p.options["fold_bn"].as_bool() != Some(false));
+            let fold_batchnorm = self.plan.as_ref().is_none_or(|p| p.fold_bn());
             let passes = afp_engine::passes::PassOptions { fold_batchnorm };
             let mut g = self
                 .model
@@ -107,8 +104,13 @@ impl Classifier {
 
 /// Reads a plan file (`.afp`).
 pub fn read_plan(path: &std::path::Path) -> Result<afp_quant::Plan> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = String::from_utf8(bytes).map_err(|_| {
+        anyhow::anyhow!(
+            "{} is not an afpq plan (not a JSON text; give the .afp file `afpq quantize` wrote)",
+            path.display()
+        )
+    })?;
     afp_quant::Plan::from_json(&text)
         .map_err(anyhow::Error::msg)
         .with_context(|| format!("{} is not an afpq plan", path.display()))
