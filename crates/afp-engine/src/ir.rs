@@ -152,6 +152,11 @@ impl Op {
         }
     }
 
+    /// Conv, Gemm and MatMul: the ops that multiply-accumulate ([`Graph::node_macs`]).
+    pub fn is_mac(&self) -> bool {
+        matches!(self, Op::Conv { .. } | Op::Gemm { .. } | Op::MatMul { .. })
+    }
+
     /// The fused activation of ops that have one.
     pub fn act_mut(&mut self) -> Option<&mut Activation> {
         match self {

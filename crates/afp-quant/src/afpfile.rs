@@ -371,10 +371,10 @@ fn inflate_bounded(deflated: &[u8], limit: u64) -> Result<Vec<u8>, String> {
 /// Parses the bytes of a `.afp` file. Every length is checked against the bytes present
 /// before it is used, so a hostile file gives an error, not a panic or a huge allocation.
 pub fn from_bytes(bytes: &[u8]) -> Result<AfpFile, String> {
-    let (_, header) =
-        SafeTensors::read_metadata(bytes).map_err(|e| format!("not a safetensors file: {e:?}"))?;
-    let st =
-        SafeTensors::deserialize(bytes).map_err(|e| format!("not a safetensors file: {e:?}"))?;
+    let (_, header) = SafeTensors::read_metadata(bytes)
+        .map_err(|e| format!("not a .afp file: not a safetensors file ({e:?})"))?;
+    let st = SafeTensors::deserialize(bytes)
+        .map_err(|e| format!("not a .afp file: not a safetensors file ({e:?})"))?;
     let meta_text = header
         .metadata()
         .as_ref()

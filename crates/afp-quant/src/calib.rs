@@ -158,28 +158,12 @@ fn update(info: &LayerInfo, data: &[f32], st: &mut InputStats, batch_no: usize) 
                     // Deterministic, spread positions.
                     let pos = (j * 2654435761usize + (batch_no * n + img) * 40503) % (oh * ow);
                     let (y, x) = (pos / ow, pos % ow);
+                    let k_len = cg * conv.kh * conv.kw;
                     for grp in 0..conv.group {
                         let out = &mut st.patches[grp];
-                        for ci in grp * cg..(grp + 1) * cg {
-                            for ky in 0..conv.kh {
-                                for kx in 0..conv.kw {
-                                    let iy = (y * conv.stride[0] + ky * conv.dilation[0]) as isize
-                                        - conv.pads[0] as isize;
-                                    let ix = (x * conv.stride[1] + kx * conv.dilation[1]) as isize
-                                        - conv.pads[1] as isize;
-                                    let v = if iy >= 0
-                                        && ix >= 0
-                                        && (iy as usize) < h
-                                        && (ix as usize) < w
-                                    {
-                                        data[((img * c + ci) * h + iy as usize) * w + ix as usize]
-                                    } else {
-                                        0.0
-                                    };
-                                    out.push(v);
-                                }
-                            }
-                        }
+                        let start = out.len();
+                        out.resize(start + k_len, 0.0);
+                        input_vector(conv, data, [c, h, w], img, grp, (y, x), &mut out[start..]);
                     }
                     st.patch_count += 1;
                 }
@@ -215,28 +199,7 @@ fn add_to_hessians(info: &LayerInfo, data: &[f32], st: &mut InputStats) {
                     for (r, row) in x.chunks_exact_mut(k_len).enumerate() {
                         // Evenly spread positions (all of them when there are few).
                         let pos = r * npos / take;
-                        let (y, xo) = (pos / ow, pos % ow);
-                        let mut idx = 0;
-                        for ci in grp * cg..(grp + 1) * cg {
-                            for ky in 0..conv.kh {
-                                let iy = (y * conv.stride[0] + ky * conv.dilation[0]) as isize
-                                    - conv.pads[0] as isize;
-                                for kx in 0..conv.kw {
-                                    let ix = (xo * conv.stride[1] + kx * conv.dilation[1]) as isize
-                                        - conv.pads[1] as isize;
-                                    row[idx] = if iy >= 0
-                                        && ix >= 0
-                                        && (iy as usize) < h
-                                        && (ix as usize) < w
-                                    {
-                                        data[((img * c + ci) * h + iy as usize) * w + ix as usize]
-                                    } else {
-                                        0.0
-                                    };
-                                    idx += 1;
-                                }
-                            }
-                        }
+                        input_vector(conv, data, [c, h, w], img, grp, (pos / ow, pos % ow), row);
                     }
                     st.hessians[grp].add(&x, take);
                 }
@@ -246,6 +209,36 @@ fn add_to_hessians(info: &LayerInfo, data: &[f32], st: &mut InputStats) {
             let k_len = st.patch_len;
             let rows = data.len() / k_len.max(1);
             st.hessians[0].add(&data[..rows * k_len], rows);
+        }
+    }
+}
+
+/// The input vector (`c/group x kh x kw` values, zero padded) that group `grp` of `conv`
+/// multiplies at output position `(y, x)` of image `img` of `data` (`N x C x H x W`).
+fn input_vector(
+    conv: &Conv2d,
+    data: &[f32],
+    [c, h, w]: [usize; 3],
+    img: usize,
+    grp: usize,
+    (y, x): (usize, usize),
+    out: &mut [f32],
+) {
+    let cg = c / conv.group;
+    let mut idx = 0;
+    for ci in grp * cg..(grp + 1) * cg {
+        for ky in 0..conv.kh {
+            let iy = (y * conv.stride[0] + ky * conv.dilation[0]) as isize - conv.pads[0] as isize;
+            for kx in 0..conv.kw {
+                let ix =
+                    (x * conv.stride[1] + kx * conv.dilation[1]) as isize - conv.pads[1] as isize;
+                out[idx] = if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                    data[((img * c + ci) * h + iy as usize) * w + ix as usize]
+                } else {
+                    0.0
+                };
+                idx += 1;
+            }
         }
     }
 }

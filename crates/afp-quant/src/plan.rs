@@ -159,17 +159,9 @@ pub struct QuantizedModel {
 }
 
 impl Plan {
-    pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).expect("plans serialize")
-    }
-    pub fn from_json(text: &str) -> Result<Plan, String> {
-        let p: Plan = serde_json::from_str(text).map_err(|e| e.to_string())?;
-        if p.afpq_plan_version != PLAN_VERSION {
-            return Err(format!(
-                "plan version {} is not supported (this afpq reads {PLAN_VERSION})",
-                p.afpq_plan_version
-            ));
-        }
-        Ok(p)
+    /// Whether the plan's layers are nodes of the graph lowered with BatchNorm folding
+    /// (`--fold-bn`; plans that do not say were folded): the graph to apply it to must be lowered the same way.
+    pub fn fold_bn(&self) -> bool {
+        self.options["fold_bn"].as_bool() != Some(false)
     }
 }

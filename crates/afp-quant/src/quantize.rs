@@ -41,10 +41,7 @@ pub fn quantizable_layers(g: &Graph) -> Vec<usize> {
     g.nodes
         .iter()
         .enumerate()
-        .filter(|(_, n)| {
-            matches!(n.op, Op::Conv { .. } | Op::Gemm { .. } | Op::MatMul { .. })
-                && WeightView::of(g, n).is_some()
-        })
+        .filter(|(_, n)| n.op.is_mac() && WeightView::of(g, n).is_some())
         .map(|(i, _)| i)
         .collect()
 }

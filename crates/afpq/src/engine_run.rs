@@ -53,10 +53,7 @@ impl Classifier {
     pub fn session(&mut self, batch: usize) -> Result<&mut Session> {
         if !self.sessions.contains_key(&batch) {
             // A plan made without BatchNorm folding applies to a graph lowered the same way.
-            let fold_batchnorm = self
-                .plan
-                .as_ref()
-                .is_none_or(|q| q.plan.options["fold_bn"].as_bool() != Some(false));
+            let fold_batchnorm = self.plan.as_ref().is_none_or(|q| q.plan.fold_bn());
             let passes = afp_engine::passes::PassOptions { fold_batchnorm };
             let mut g = self
                 .model

@@ -47,7 +47,7 @@ pub fn run(a: &Args) -> Result<()> {
     let mut layers = Vec::new();
     let mut total_macs = 0u64;
     for n in &g.nodes {
-        if !matches!(n.op, Op::Conv { .. } | Op::Gemm { .. } | Op::MatMul { .. }) {
+        if !n.op.is_mac() {
             continue;
         }
         let macs = g.node_macs(n);

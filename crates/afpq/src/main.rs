@@ -2,6 +2,7 @@
 
 mod bench;
 mod common;
+mod energy;
 mod engine_run;
 mod eval;
 mod inspect;
@@ -40,6 +41,8 @@ enum Command {
     Quantize(Box<quantize::Args>),
     /// Accuracy and size for each format family and bit-width (CSV and JSON, and printed).
     Sweep(Box<sweep::Args>),
+    /// Energy per inference of a plan against FP32 and INT8 dynamic quantization (pJ).
+    Energy(energy::Args),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(&args),
         Command::Quantize(args) => quantize::run(&args),
         Command::Sweep(args) => sweep::run(&args),
+        Command::Energy(args) => energy::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
