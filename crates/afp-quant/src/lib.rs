@@ -5,6 +5,7 @@
 pub mod afpfile;
 pub mod bayes;
 pub mod calib;
+pub mod export;
 pub mod plan;
 pub mod quantize;
 pub mod search;

@@ -4,6 +4,7 @@ mod bench;
 mod common;
 mod engine_run;
 mod eval;
+mod export;
 mod inspect;
 mod levels;
 mod quantize;
@@ -40,6 +41,8 @@ enum Command {
     Quantize(Box<quantize::Args>),
     /// Accuracy and size for each format family and bit-width (CSV and JSON, and printed).
     Sweep(Box<sweep::Args>),
+    /// Export a .afp model to standard ONNX: decoded f32 weights, or QuantizeLinear/DequantizeLinear.
+    Export(export::Args),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(&args),
         Command::Quantize(args) => quantize::run(&args),
         Command::Sweep(args) => sweep::run(&args),
+        Command::Export(args) => export::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
