@@ -812,4 +812,49 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn folded_batchnorm_weights_are_refused_with_what_to_do() {
+        // A Conv + BatchNorm network quantized after folding BatchNorm (the plan has no
+        // `fold_bn: false`): its first layer's weights exist only folded.
+        let (model, q) = crate::afpfile::tests::quantized(5, crate::Family::Afp);
+        let (bytes, _) = crate::afpfile::to_bytes(&model, &q, None).unwrap();
+        let f = crate::afpfile::from_bytes(&bytes).unwrap();
+        for mode in [Mode::Fake, Mode::Qdq] {
+            let o = ExportOptions {
+                mode,
+                allow_fake: true,
+                weights_only: false,
+                float4: false,
+            };
+            let err = export(&f, &o).unwrap_err();
+            assert!(err.contains("--fold-bn false"), "{err}");
+        }
+    }
+
+    #[test]
+    fn opsets_rise_only_over_unchanged_operators() {
+        let model = |op: &str| ModelProto {
+            ir_version: Some(6),
+            opset_import: vec![afp_onnx::OperatorSetIdProto {
+                domain: Some(String::new()),
+                version: Some(11),
+            }],
+            graph: Some(GraphProto {
+                node: vec![node(op, "n".into(), vec!["x".into()], "y".into())],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut m = model("Relu");
+        assert_eq!(raise_opset(&mut m, 19), Ok(19));
+        assert_eq!((m.opset_import[0].version(), m.ir_version()), (19, 9));
+        let mut m = model("Softmax");
+        let err = raise_opset(&mut m, 13).unwrap_err();
+        assert!(err.contains("Softmax"), "{err}");
+        assert_eq!(m.opset_import[0].version(), 11);
+        // Already high enough: unchanged.
+        let mut m = model("Softmax");
+        assert_eq!(raise_opset(&mut m, 10), Ok(11));
+    }
 }
