@@ -1,12 +1,14 @@
 //! AFP post-training quantization: calibration ([`calib`]), objectives and per-layer search
 //! ([`search`]), weight handling and baselines ([`weights`]), plans ([`plan`]), and turning
 //! statistics into a plan and a plan into a simulated graph ([`quantize`]); the energy per
-//! inference of a plan against FP32 and INT8 dynamic quantization ([`energy`]).
+//! inference of a plan against FP32 and INT8 dynamic quantization ([`energy`]); the `.afp` file
+//! ([`afpfile`]); GPTQ rounding ([`gptq`]); export to standard ONNX ([`export`]).
 
 pub mod afpfile;
 pub mod bayes;
 pub mod calib;
 pub mod energy;
+pub mod export;
 pub mod gptq;
 pub mod plan;
 pub mod quantize;

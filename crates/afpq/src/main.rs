@@ -5,6 +5,7 @@ mod common;
 mod energy;
 mod engine_run;
 mod eval;
+mod export;
 mod inspect;
 mod levels;
 mod quantize;
@@ -43,6 +44,8 @@ enum Command {
     Sweep(Box<sweep::Args>),
     /// Energy per inference of a plan against FP32 and INT8 dynamic quantization (pJ).
     Energy(energy::Args),
+    /// Export a .afp model to standard ONNX: decoded f32 weights, or QuantizeLinear/DequantizeLinear.
+    Export(export::Args),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +59,7 @@ fn main() -> ExitCode {
         Command::Quantize(args) => quantize::run(&args),
         Command::Sweep(args) => sweep::run(&args),
         Command::Energy(args) => energy::run(&args),
+        Command::Export(args) => export::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,12 +1,11 @@
 use crate::common::{self, DataArgs};
-use crate::engine_run::Classifier;
 use anyhow::{Context, Result};
 use serde_json::json;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// ONNX model.
+    /// ONNX model, or quantized model (.afp).
     model: PathBuf,
     /// Image files.
     #[arg(required = true)]
@@ -18,6 +17,10 @@ pub struct Args {
     threads: Option<usize>,
     #[arg(long)]
     json: bool,
+    /// Also write the preprocessed images (N x C x H x W, f32) to this .npy file, so another
+    /// runtime can be given exactly the same input.
+    #[arg(long)]
+    save_input: Option<PathBuf>,
 }
 
 /// Class names from the card's dataset (classes.txt / synsets.txt), if there are any.
@@ -28,10 +31,8 @@ fn class_names(src: &common::DataSource, a: &DataArgs) -> Option<Vec<String>> {
 
 pub fn run(a: &Args) -> Result<()> {
     let src = a.data.source()?;
-    let mut clf = Classifier::new(
-        common::load_model(&a.model)?,
-        a.threads.unwrap_or_else(common::default_threads),
-    )?;
+    let mut clf =
+        crate::engine_run::open(&a.model, a.threads.unwrap_or_else(common::default_threads))?;
     clf.check_input(src.preprocess.chw())?;
     let per = src.preprocess.image_len();
     let mut x = vec![0f32; per * a.images.len()];
@@ -39,6 +40,12 @@ pub fn run(a: &Args) -> Result<()> {
         src.preprocess
             .load_into(img, chunk)
             .with_context(|| format!("reading image {}", img.display()))?;
+    }
+    if let Some(p) = &a.save_input {
+        let [c, h, w] = src.preprocess.chw();
+        let bytes = afp_eval::npy::encode_npy(&[a.images.len(), c, h, w], &x)
+            .map_err(anyhow::Error::msg)?;
+        afp_onnx::write_atomic(p, &bytes).with_context(|| format!("writing {}", p.display()))?;
     }
     let scores = clf.infer(&x, a.images.len())?;
     let classes = scores.len() / a.images.len();
