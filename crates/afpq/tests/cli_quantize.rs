@@ -80,6 +80,19 @@ fn resnet8_drops_stay_within_measured_bounds() {
             bits.parse::<f64>().unwrap()
         );
     }
+    // GPTQ rounding at 4 bits: measured drop 2.2 (top-1 73.0), against 18.4 with nearest
+    // rounding (56.8).
+    let nearest = quantize_and_eval(&dir, &["--bits", "4"]);
+    let gptq = quantize_and_eval(&dir, &["--bits", "4", "--rounding", "gptq"]);
+    let (dn, dg) = (
+        nearest["drop"].as_f64().unwrap(),
+        gptq["drop"].as_f64().unwrap(),
+    );
+    println!("4 bits: drop {dn:.2} nearest, {dg:.2} gptq");
+    assert!(
+        dg <= 3.5 && dg + 10.0 <= dn,
+        "4 bits: gptq drop {dg}, nearest {dn}"
+    );
     // With 8-bit activations too.
     let v = quantize_and_eval(&dir, &["--bits", "6", "--acts", "8", "--bias-correct"]);
     assert_eq!(v["avg_act_bits"].as_f64().unwrap(), 8.0);
