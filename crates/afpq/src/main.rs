@@ -48,7 +48,20 @@ enum Command {
     Export(export::Args),
 }
 
+/// Output piped into a reader that stops early (`afpq inspect M | head`) ends the process
+/// quietly, as for any Unix tool, instead of panicking in `println!` on EPIPE.
+#[cfg(unix)]
+fn default_sigpipe() {
+    // SAFETY: `signal` with `SIG_DFL` only resets this signal's disposition; it runs first
+    // thing in `main`, before any other thread exists, and installs no handler code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
+    #[cfg(unix)]
+    default_sigpipe();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Levels(args) => levels::run(&args),

@@ -87,3 +87,47 @@ fn malformed_format_exits_2_with_a_clear_message() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("offset 500"));
 }
+
+/// A reader that closes the pipe early ends afpq quietly, without a panic (SIGPIPE handling).
+/// `afpq run` on the 500 bundled images prints about 72 KB, more than a pipe buffer holds.
+#[cfg(unix)]
+#[test]
+fn a_closed_pipe_is_not_a_panic() {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let assets = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../assets");
+    let mut images: Vec<String> = std::fs::read_dir(assets.join("images/cifar10-test-500"))
+        .unwrap()
+        .map(|d| d.unwrap().path())
+        .filter(|d| d.is_dir())
+        .flat_map(|d| std::fs::read_dir(d).unwrap())
+        .map(|f| f.unwrap().path().display().to_string())
+        .filter(|p| p.ends_with(".jpg"))
+        .collect();
+    images.sort();
+    assert_eq!(images.len(), 500);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_afpq"))
+        .arg("run")
+        .arg(assets.join("models/resnet8_cifar10.onnx"))
+        .arg("--card")
+        .arg(assets.join("models/resnet8_cifar10.json"))
+        .args(&images)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read one byte, then close our end while afpq still has output to write.
+    let mut out = child.stdout.take().unwrap();
+    let mut b = [0u8; 1];
+    out.read_exact(&mut b).unwrap();
+    drop(out);
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    child.wait().unwrap();
+    assert!(!err.contains("panicked"), "{err}");
+}
