@@ -78,22 +78,12 @@ impl FileSizes {
 
 /// Maps each plan layer to the initializer that only its weight reads, if any.
 fn weight_initializers(g: &GraphProto, plan: &Plan) -> BTreeMap<String, usize> {
-    let mut uses: HashMap<&str, usize> = HashMap::new();
-    for n in &g.node {
-        for i in &n.input {
-            *uses.entry(i.as_str()).or_default() += 1;
-        }
-    }
-    for o in &g.output {
-        *uses.entry(o.name()).or_default() += 1;
-    }
+    let uses = crate::export::use_counts(g);
     let inits: HashMap<&str, &afp_onnx::TensorProto> =
         g.initializer.iter().map(|t| (t.name(), t)).collect();
     let mut out = BTreeMap::new();
     for (li, lp) in plan.layers.iter().enumerate() {
-        let node = g.node.iter().find(|n| {
-            n.name() == lp.node || (n.name().is_empty() && n.output.first() == Some(&lp.node))
-        });
+        let node = crate::export::onnx_node(g, &lp.node).map(|k| &g.node[k]);
         let Some(w) = node.and_then(|n| n.input.get(1)) else {
             continue;
         };
@@ -404,6 +394,12 @@ pub fn from_bytes(bytes: &[u8]) -> Result<AfpFile, String> {
     let content = meta;
     let mut plan = content.plan;
     let mut expected: BTreeSet<String> = BTreeSet::new();
+    let mut sizes = FileSizes {
+        file_bytes: bytes.len() as u64,
+        packed_weight_bytes: 0,
+        quantized_side_bytes: 0,
+        unquantized_bytes: 0,
+    };
     // Layers: codes, offsets or scales, bias corrections.
     let mut codes = Vec::with_capacity(plan.layers.len());
     for (i, lp) in plan.layers.iter_mut().enumerate() {
@@ -422,8 +418,9 @@ pub fn from_bytes(bytes: &[u8]) -> Result<AfpFile, String> {
             )));
         }
         codes.push(pack::unpack(t.data(), bits, lp.params).map_err(|e| what(e.to_string()))?);
+        sizes.packed_weight_bytes += t.data().len() as u64;
         expected.insert(name);
-        if lp.weight.format.format().is_some() {
+        let side = if lp.weight.format.format().is_some() {
             let name = format!("layer/{i}/offsets");
             let t = st
                 .tensor(&name)
@@ -434,27 +431,25 @@ pub fn from_bytes(bytes: &[u8]) -> Result<AfpFile, String> {
                 d => return Err(what(format!("offsets are {d:?}, I8 or I16 expected"))),
             };
             expected.insert(name);
+            t.data().len()
         } else {
             let name = format!("layer/{i}/scales");
             let t = tensor(&st, &name, Dtype::F32).map_err(what)?;
             lp.weight.scales = from_le(t.data(), f32::from_le_bytes);
             expected.insert(name);
-        }
+            t.data().len()
+        };
+        sizes.quantized_side_bytes += side as u64;
         let name = format!("layer/{i}/bias_correction");
-        if st.names().contains(&&name) {
+        if st.tensor(&name).is_ok() {
             let t = tensor(&st, &name, Dtype::F32).map_err(what)?;
             lp.bias_correction = Some(from_le(t.data(), f32::from_le_bytes));
+            sizes.quantized_side_bytes += t.data().len() as u64;
             expected.insert(name);
         }
     }
     // Initializers: from their tensors, or zeros for those the codes replace.
     let g = model.graph.as_mut().ok_or("graph: no graph")?;
-    let mut sizes = FileSizes {
-        file_bytes: bytes.len() as u64,
-        packed_weight_bytes: 0,
-        quantized_side_bytes: 0,
-        unquantized_bytes: 0,
-    };
     for t in &mut g.initializer {
         let name = t.name().to_string();
         let what = |e: String| format!("initializer {name:?}: {e}");
@@ -498,14 +493,6 @@ pub fn from_bytes(bytes: &[u8]) -> Result<AfpFile, String> {
     for name in st.names() {
         if !expected.contains(name.as_str()) {
             return Err(format!("unexpected tensor {name:?}"));
-        }
-    }
-    for lp in &plan.layers {
-        sizes.packed_weight_bytes += pack::packed_len(lp.params, lp.weight.format.bits) as u64;
-    }
-    for name in &expected {
-        if name.starts_with("layer/") && !name.ends_with("/codes") {
-            sizes.quantized_side_bytes += st.tensor(name).map_or(0, |t| t.data().len()) as u64;
         }
     }
     Ok(AfpFile {

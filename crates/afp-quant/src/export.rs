@@ -442,7 +442,7 @@ fn raise_opset(m: &mut ModelProto, need: i64) -> Result<i64, String> {
 }
 
 /// The ONNX node of a plan layer (named as the lowered graph names it).
-fn onnx_node(g: &GraphProto, name: &str) -> Option<usize> {
+pub(crate) fn onnx_node(g: &GraphProto, name: &str) -> Option<usize> {
     g.node.iter().position(|n| {
         n.name() == name
             || (n.name().is_empty() && n.output.first().map(String::as_str) == Some(name))
@@ -450,7 +450,7 @@ fn onnx_node(g: &GraphProto, name: &str) -> Option<usize> {
 }
 
 /// How many node inputs and graph outputs read each name.
-fn use_counts(g: &GraphProto) -> HashMap<String, usize> {
+pub(crate) fn use_counts(g: &GraphProto) -> HashMap<String, usize> {
     let mut uses: HashMap<String, usize> = HashMap::new();
     for n in &g.node {
         for i in n.input.iter().filter(|i| !i.is_empty()) {

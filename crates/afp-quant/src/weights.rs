@@ -274,12 +274,18 @@ pub fn decode_codes(
 
 fn int_round(x: &[f32], scale: f32, bits: u32, out: &mut [f32]) {
     let qmax = ((1i32 << (bits - 1)) - 1) as f32;
-    if scale <= 0.0 {
-        out.fill(0.0);
-        return;
-    }
     for (o, &v) in out.iter_mut().zip(x) {
-        *o = (v / scale).round_ties_even().clamp(-qmax, qmax) * scale;
+        *o = int_level(v, scale, qmax);
+    }
+}
+
+/// The nearest level `scale * n`, `|n| <= qmax`, of a symmetric integer grid (0 for a
+/// non-positive scale).
+fn int_level(v: f32, scale: f32, qmax: f32) -> f32 {
+    if scale > 0.0 {
+        (v / scale).round_ties_even().clamp(-qmax, qmax) * scale
+    } else {
+        0.0
     }
 }
 
@@ -409,14 +415,7 @@ pub fn channel_rounder(
         let g = if per_channel { c } else { 0 };
         match &rule {
             Rule::Afp(grids) => grids[g].quantize_finite(v),
-            Rule::Int(scales, qmax) => {
-                let s = scales[g];
-                if s > 0.0 {
-                    (v / s).round_ties_even().clamp(-qmax, *qmax) * s
-                } else {
-                    0.0
-                }
-            }
+            Rule::Int(scales, qmax) => int_level(v, scales[g], *qmax),
         }
     })
 }
