@@ -86,7 +86,7 @@ impl Conv2d {
         )
     }
 
-    fn is_depthwise(&self) -> bool {
+    pub(crate) fn is_depthwise(&self) -> bool {
         self.group > 1 && self.group == self.c_in && self.c_out.is_multiple_of(self.c_in)
     }
 

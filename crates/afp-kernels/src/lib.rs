@@ -18,12 +18,15 @@ mod conv;
 mod depthwise;
 mod matmul;
 mod pool;
+pub mod qconv;
+pub mod qgemm;
 mod sgemm;
 
 pub use activation::Activation;
 pub use conv::Conv2d;
 pub use matmul::{gemm, GemmBias};
 pub use pool::{global_avg_pool, Pool2d};
+pub use qconv::{ActEncoder, QConv, QGemm, QScratch};
 
 #[doc(hidden)]
 pub use matmul::{matmul, threads_for, MatLayout};
