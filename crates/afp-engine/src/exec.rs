@@ -16,6 +16,7 @@ pub struct Session {
     /// Slot of each runtime value (inputs and node outputs).
     slot_of: Vec<Option<usize>>,
     scratch: Vec<f32>,
+    qscratch: afp_kernels::QScratch,
 }
 
 /// Assigns buffers: a value's slot is free again after its last reader.
@@ -87,6 +88,7 @@ impl Session {
             slots,
             slot_of,
             scratch: Vec::new(),
+            qscratch: afp_kernels::QScratch::default(),
         })
     }
 
@@ -170,14 +172,22 @@ impl Session {
         let s_out = self.slot_of[node.output].expect("outputs have slots");
         let mut out = std::mem::take(&mut self.slots[s_out]);
         let mut scratch = std::mem::take(&mut self.scratch);
+        let mut qscratch = std::mem::take(&mut self.qscratch);
         let n_out = self.graph.values[node.output].numel();
-        let res = self.compute(node, &mut out[..n_out], &mut scratch);
+        let res = self.compute(node, &mut out[..n_out], &mut scratch, &mut qscratch);
         self.slots[s_out] = out;
         self.scratch = scratch;
+        self.qscratch = qscratch;
         res
     }
 
-    fn compute(&self, node: &Node, out: &mut [f32], scratch: &mut Vec<f32>) -> Result<()> {
+    fn compute(
+        &self,
+        node: &Node,
+        out: &mut [f32],
+        scratch: &mut Vec<f32>,
+        qscratch: &mut afp_kernels::QScratch,
+    ) -> Result<()> {
         let g = &self.graph;
         let shape = |v: ValueId| g.values[v].shape.as_slice();
         let x = node.inputs[0];
@@ -362,6 +372,11 @@ impl Session {
                 ops::softmax(self.data(x), xs, *axis, *coerce_2d, out)
             }
             Op::Slice { starts, steps } => ops::slice(self.data(x), xs, starts, steps, osh, out),
+            Op::QConv(q) => q.run(xs[0], xs[2], xs[3], self.data(x), out, qscratch),
+            Op::QGemm(q) => {
+                let rows = self.data(x).len() / q.depth().max(1);
+                q.run(rows, self.data(x), out, qscratch)
+            }
             Op::Quantize { grid } => {
                 out.copy_from_slice(self.data(x));
                 grid.quantize_slice(out).map_err(|e| {

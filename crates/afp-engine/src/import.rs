@@ -49,6 +49,10 @@ pub struct Model {
     pub path: Option<PathBuf>,
     /// Default-domain opset.
     pub opset: i64,
+    /// Initializers whose data the caller replaces after lowering (a `.afp` file's quantized
+    /// weights): lowered as zeros from their dims alone, without reading any data. The zeros
+    /// are allocated zeroed and never written, so they take no resident memory.
+    pub placeholders: std::collections::HashSet<String>,
 }
 
 impl Model {
@@ -99,6 +103,7 @@ impl Model {
             proto,
             path: None,
             opset,
+            placeholders: Default::default(),
         })
     }
 
@@ -185,7 +190,13 @@ impl Model {
             opset: self.opset,
         };
         for t in &g.initializer {
-            let c = Const::from_proto(t)?;
+            let c = if self.placeholders.contains(t.name()) {
+                let shape = afp_onnx::tensor_dims(t)?;
+                let n = shape.iter().product();
+                Const::f32(shape, vec![0f32; n])
+            } else {
+                Const::from_proto(t)?
+            };
             b.add_value(t.name(), c.shape.clone(), Some(c));
         }
         let mut inputs = Vec::new();

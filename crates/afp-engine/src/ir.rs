@@ -121,6 +121,12 @@ pub enum Op {
     Quantize {
         grid: afp_format::Grid,
     },
+    /// A convolution on AFP integers (packed weights, input rounded to its activation
+    /// grid inside the kernel, activation fused). Inputs: x only.
+    QConv(std::sync::Arc<afp_kernels::QConv>),
+    /// A Gemm (`x [rows, k]` times packed weights `[m, k]` transposed) on AFP integers.
+    /// Inputs: x only; leading dimensions of x are rows.
+    QGemm(std::sync::Arc<afp_kernels::QGemm>),
 }
 
 impl Op {
@@ -149,12 +155,17 @@ impl Op {
             Op::Softmax { .. } => "Softmax",
             Op::Slice { .. } => "Slice",
             Op::Quantize { .. } => "Quantize",
+            Op::QConv(_) => "QConv",
+            Op::QGemm(_) => "QGemm",
         }
     }
 
     /// Conv, Gemm and MatMul: the ops that multiply-accumulate ([`Graph::node_macs`]).
     pub fn is_mac(&self) -> bool {
-        matches!(self, Op::Conv { .. } | Op::Gemm { .. } | Op::MatMul { .. })
+        matches!(
+            self,
+            Op::Conv { .. } | Op::Gemm { .. } | Op::MatMul { .. } | Op::QConv(_) | Op::QGemm(_)
+        )
     }
 
     /// The fused activation of ops that have one.
@@ -237,6 +248,8 @@ impl Graph {
                 let a = &self.values[node.inputs[0]].shape;
                 out * *a.last().unwrap_or(&1) as u64
             }
+            Op::QConv(q) => out * (q.conv.c_in / q.conv.group * q.conv.kh * q.conv.kw) as u64,
+            Op::QGemm(q) => out * q.depth() as u64,
             _ => 0,
         }
     }

@@ -1,15 +1,16 @@
-//! Convolution and Gemm layers computed from AFP integers ([`crate::qgemm`]): the f32 input
+//! Convolution and Gemm layers computed from AFP integers ([`crate::qgemm`]). The f32 input
 //! is rounded to the layer's activation grid as integers (the same rounding as
-//! `afp_format::Grid`), multiplied exactly with the integer weights, and each output is
-//! `act(sum * 2^u + bias)`, with `2^u` the product of the weight and activation units.
+//! `afp_format::Grid`) and stored channel-quad interleaved (`[c/4][pixel][4]`), multiplied
+//! exactly with the integer weights (K ordered kernel position, then channel), and each output
+//! is `act(sum * 2^u + bias)`, with `2^u` the product of the weight and activation units.
 
 use rayon::prelude::*;
 use std::cell::RefCell;
 
 use crate::conv::Conv2d;
 use crate::qgemm::{
-    b_panel_len, compute_block, pack_b_panel, quads, ActInt, Epilogue, PackedA, PackedWeights,
-    U8I8Bounds, U8I8Kernel, MR, NR,
+    compute, ActInt, Epilogue, Int, OutPtr, PackedA, PackedWeights, Panels, U8I8Bounds, U8I8Kernel,
+    MR, NR,
 };
 use crate::Activation;
 
@@ -97,7 +98,8 @@ enum ActStore {
 /// Integer weights of a layer and the path they run on.
 #[derive(Debug, Clone)]
 enum QWeights {
-    /// One packed matrix per group.
+    /// One packed matrix per group, K ordered `(ky, kx, channel)` with channels padded to
+    /// quads.
     Gemm {
         groups: Vec<PackedWeights>,
         store: ActStore,
@@ -108,7 +110,7 @@ enum QWeights {
     Depthwise(Vec<i32>),
 }
 
-/// A convolution (or, with a 1x1 kernel on a 1x1 image, a Gemm) on AFP integers.
+/// A convolution on AFP integers.
 #[derive(Debug, Clone)]
 pub struct QConv {
     pub conv: Conv2d,
@@ -119,14 +121,12 @@ pub struct QConv {
     pub act: Activation,
 }
 
-/// Chooses the activation storage and packs `[rows, k]` integer weights for it.
-fn pack_weights(
-    rows: usize,
+/// Chooses the activation storage for a layer of depth `k` and weights up to `w_max`.
+fn act_store(
     k: usize,
-    w: &[i32],
     w_max: u32,
     enc: &ActEncoder,
-) -> Result<(PackedWeights, ActStore), String> {
+) -> Result<(ActStore, Option<U8I8Kernel>), String> {
     let fits_u8 = if enc.signed {
         enc.max <= 127
     } else {
@@ -138,22 +138,12 @@ fn pack_weights(
             weight_max: w_max,
         };
         if bounds.sum_fits_i32(k) {
-            let w8: Vec<i8> = w.iter().map(|&v| v as i8).collect();
-            let store = ActStore::U8 {
-                zero: if enc.signed { 128 } else { 0 },
-            };
-            return Ok((
-                PackedWeights::U8I8(PackedA::new(rows, k, &w8), U8I8Kernel::choose(bounds)),
-                store,
-            ));
+            let zero = if enc.signed { 128 } else { 0 };
+            return Ok((ActStore::U8 { zero }, Some(U8I8Kernel::choose(bounds))));
         }
     }
     if enc.max <= i16::MAX as i32 && w_max <= i16::MAX as u32 {
-        let w16: Vec<i16> = w.iter().map(|&v| v as i16).collect();
-        return Ok((
-            PackedWeights::I16(PackedA::new(rows, k, &w16)),
-            ActStore::I16,
-        ));
+        return Ok((ActStore::I16, None));
     }
     Err(format!(
         "activation integers up to {} and weight integers up to {w_max} fit no integer container (i8/u8/i16)",
@@ -161,34 +151,55 @@ fn pack_weights(
     ))
 }
 
-thread_local! {
-    /// Per-thread packed activation block, reused across calls.
-    static B_U8: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-    static B_I16: RefCell<Vec<i16>> = const { RefCell::new(Vec::new()) };
-    static PLANE: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Activation panels per block: the block stays in L2 (about 192 KiB).
-fn panels_per_block(k: usize, elem: usize) -> usize {
-    (192 * 1024 / (b_panel_len(k) * elem).max(1)).clamp(1, 64)
-}
-
 /// Reusable buffers of a [`QConv`] run (owned by the caller, like the f32 scratch).
 #[derive(Default)]
 pub struct QScratch {
-    u8s: Vec<u8>,
-    i16s: Vec<i16>,
+    quads_u8: Vec<u8>,
+    quads_i16: Vec<i16>,
+    cols_u8: Vec<u8>,
+    cols_i16: Vec<i16>,
 }
 
-/// Integer activations of one layer input, as stored for the kernels.
-enum Plane<'a> {
-    U8(&'a [u8]),
-    I16(&'a [i16]),
+thread_local! {
+    static PLANE: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Where a layer's input elements are: image `i`, channel `c`, pixel `p` at
+/// `i * img + c * chan + p * pix`.
+#[derive(Debug, Clone, Copy)]
+struct InLayout {
+    img: usize,
+    chan: usize,
+    pix: usize,
+}
+
+/// Where output element (image `i`, channel `r`, pixel `j`) goes: `i * img + r * rs + j * cs`.
+#[derive(Debug, Clone, Copy)]
+struct OutLayout {
+    img: usize,
+    rs: usize,
+    cs: usize,
+}
+
+/// One run's input and where its data and outputs lie.
+#[derive(Clone, Copy)]
+struct Io<'a> {
+    n: usize,
+    h: usize,
+    w: usize,
+    input: &'a [f32],
+    inl: InLayout,
+    outl: OutLayout,
+}
+
+/// Channel quads of one convolution: `(ky, kx, quad)` is K quad `(ky * kw + kx) * cq + quad`.
+fn quads_per_pos(cig: usize) -> usize {
+    cig.div_ceil(4)
 }
 
 impl QConv {
-    /// `w` holds the weight integers `[c_out, c_in / group * kh * kw]` with `|w| <= w_max`;
-    /// output channel `r` is `act(sum * mult[r] + bias[r])`.
+    /// `w` holds the weight integers `[c_out, c_in / group * kh * kw]` (ONNX order) with
+    /// `|w| <= w_max`; output channel `r` is `act(sum * mult[r] + bias[r])`.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         conv: Conv2d,
@@ -206,7 +217,9 @@ impl QConv {
                 conv.c_in, conv.c_out
             ));
         }
-        let k = conv.c_in / g * conv.kh * conv.kw;
+        let cig = conv.c_in / g;
+        let khw = conv.kh * conv.kw;
+        let k = cig * khw;
         if w.len() != conv.c_out * k || mult.len() != conv.c_out {
             return Err(format!(
                 "{} weights and {} scales for {} x {k}",
@@ -218,19 +231,43 @@ impl QConv {
         if bias.as_ref().is_some_and(|b| b.len() != conv.c_out) {
             return Err("bias length differs from the output channels".into());
         }
+        if w.iter().any(|v| v.unsigned_abs() > w_max) {
+            return Err(format!("a weight integer exceeds the bound {w_max}"));
+        }
         let weights = if conv.is_depthwise() {
             QWeights::Depthwise(w.to_vec())
         } else {
             let cog = conv.c_out / g;
-            let mut groups = Vec::with_capacity(g);
-            let mut store = None;
-            for gi in 0..g {
-                let (p, s) =
-                    pack_weights(cog, k, &w[gi * cog * k..(gi + 1) * cog * k], w_max, &enc)?;
-                groups.push(p);
-                store = Some(s);
-            }
-            let store = store.expect("group >= 1");
+            let cq = quads_per_pos(cig);
+            let kq = khw * cq;
+            let (store, kernel) = act_store(k, w_max, &enc)?;
+            // Reorder K from (channel, ky, kx) to (ky, kx, channel padded to quads).
+            let reorder = |rows: &[i32]| -> Vec<i32> {
+                let mut out = vec![0i32; rows.len() / k * kq * 4];
+                for (r, row) in rows.chunks(k).enumerate() {
+                    for ci in 0..cig {
+                        for pos in 0..khw {
+                            out[r * kq * 4 + (pos * cq) * 4 + ci] = row[ci * khw + pos];
+                        }
+                    }
+                }
+                out
+            };
+            let groups = (0..g)
+                .map(|gi| {
+                    let wg = reorder(&w[gi * cog * k..(gi + 1) * cog * k]);
+                    match kernel {
+                        Some(kern) => {
+                            let w8: Vec<i8> = wg.iter().map(|&v| v as i8).collect();
+                            PackedWeights::U8I8(PackedA::new(cog, kq, &w8), kern)
+                        }
+                        None => {
+                            let w16: Vec<i16> = wg.iter().map(|&v| v as i16).collect();
+                            PackedWeights::I16(PackedA::new(cog, kq, &w16))
+                        }
+                    }
+                })
+                .collect();
             let zero_corr = match store {
                 ActStore::U8 { zero } if zero != 0 => Some(
                     w.chunks(k)
@@ -289,157 +326,207 @@ impl QConv {
         if out.is_empty() {
             return;
         }
-        match &self.weights {
-            QWeights::Depthwise(wts) => self.run_depthwise(wts, h, w, input, out),
-            QWeights::Gemm {
+        if let QWeights::Depthwise(wts) = &self.weights {
+            return self.run_depthwise(wts, h, w, input, out);
+        }
+        let inl = InLayout {
+            img: c.c_in * h * w,
+            chan: h * w,
+            pix: 1,
+        };
+        let outl = OutLayout {
+            img: c.c_out * oh * ow,
+            rs: oh * ow,
+            cs: 1,
+        };
+        let io = Io {
+            n,
+            h,
+            w,
+            input,
+            inl,
+            outl,
+        };
+        self.run_gemm(io, out, scratch);
+    }
+
+    /// Encodes the input into channel quads, gathers im2col panels unless the convolution is
+    /// a plain 1x1, then multiplies in parallel tasks of (image, group, rows, columns).
+    fn run_gemm(&self, io: Io<'_>, out: &mut [f32], scratch: &mut QScratch) {
+        let QWeights::Gemm {
+            groups,
+            store,
+            zero_corr,
+        } = &self.weights
+        else {
+            unreachable!("depthwise handled by the caller")
+        };
+        match *store {
+            ActStore::U8 { zero } => self.run_typed(
+                io,
+                out,
                 groups,
-                store,
-                zero_corr,
-            } => {
-                let hw = h * w;
-                let plane = match *store {
-                    ActStore::U8 { zero } => {
-                        scratch.u8s.resize(input.len(), 0);
-                        encode_into(&self.enc, input, &mut scratch.u8s, |v| {
-                            (v + zero as i32) as u8
-                        });
-                        Plane::U8(&scratch.u8s)
-                    }
-                    ActStore::I16 => {
-                        scratch.i16s.resize(input.len(), 0);
-                        encode_into(&self.enc, input, &mut scratch.i16s, |v| v as i16);
-                        Plane::I16(&scratch.i16s)
-                    }
-                };
-                let zero_code = match *store {
-                    ActStore::U8 { zero } => zero,
-                    ActStore::I16 => 0,
-                };
-                let g = c.group;
-                let (cig, cog) = (c.c_in / g, c.c_out / g);
-                let ohw = oh * ow;
-                let threads = rayon::current_num_threads();
-                // Work units: (image, group, chunk of output rows); each packs its own
-                // activation blocks, so chunks of one image repeat the packing (cheap next to
-                // the product) in exchange for parallelism at batch 1.
-                let panels = cog.div_ceil(MR);
-                let chunks = if n * g >= threads {
-                    1
-                } else {
-                    threads.div_ceil(n * g).min(panels)
-                };
-                let rows_per_chunk = panels.div_ceil(chunks) * MR;
-                let units: Vec<(usize, usize, std::ops::Range<usize>)> = (0..n)
-                    .flat_map(|img| {
-                        (0..g).flat_map(move |gi| {
-                            (0..cog)
-                                .step_by(rows_per_chunk)
-                                .map(move |r0| (img, gi, r0..(r0 + rows_per_chunk).min(cog)))
-                        })
-                    })
-                    .collect();
-                // Output rows of one unit are contiguous: hand each unit its own slice.
-                let mut slices: Vec<&mut [f32]> = Vec::with_capacity(units.len());
-                let mut rest = out;
-                for (_, _, rows) in &units {
-                    let (a, b) = rest.split_at_mut(rows.len() * ohw);
-                    slices.push(a);
-                    rest = b;
-                }
-                units
-                    .into_par_iter()
-                    .zip(slices)
-                    .for_each(|((img, gi, rows), dst)| {
-                        let base = (img * c.c_in + gi * cig) * hw;
-                        let wts = &groups[gi];
-                        let row0 = gi * cog;
-                        let mult = &self.mult[row0..row0 + cog];
-                        let bias = self.bias.as_ref().map(|b| &b[row0..row0 + cog]);
-                        let corr = zero_corr.as_ref().map(|z| &z[row0..row0 + cog]);
-                        let ep = Epilogue {
-                            mult,
-                            bias,
-                            act: self.act,
-                            zero_corr: corr,
-                        };
-                        let r0 = rows.start;
-                        let mut store = |r: usize, j: usize, v: f32| dst[(r - r0) * ohw + j] = v;
-                        match &plane {
-                            Plane::U8(p) => B_U8.with(|b| {
-                                self.gemm_unit(
-                                    wts,
-                                    &p[base..base + cig * hw],
-                                    zero_code,
-                                    (h, w, oh, ow),
-                                    rows.clone(),
-                                    &ep,
-                                    &mut b.borrow_mut(),
-                                    &mut store,
-                                )
-                            }),
-                            Plane::I16(p) => B_I16.with(|b| {
-                                self.gemm_unit(
-                                    wts,
-                                    &p[base..base + cig * hw],
-                                    0i16,
-                                    (h, w, oh, ow),
-                                    rows.clone(),
-                                    &ep,
-                                    &mut b.borrow_mut(),
-                                    &mut store,
-                                )
-                            }),
-                        }
-                    });
-            }
+                zero_corr.as_deref(),
+                zero,
+                &mut scratch.quads_u8,
+                &mut scratch.cols_u8,
+                |v| (v + zero as i32) as u8,
+            ),
+            ActStore::I16 => self.run_typed(
+                io,
+                out,
+                groups,
+                None,
+                0i16,
+                &mut scratch.quads_i16,
+                &mut scratch.cols_i16,
+                |v| v as i16,
+            ),
         }
     }
 
-    /// Rows `rows` of one image and group: pack blocks of activation panels (im2col happens
-    /// in the packing), multiply with every weight panel of `rows`.
     #[allow(clippy::too_many_arguments)]
-    fn gemm_unit<T: ActInt>(
+    fn run_typed<T: ActInt>(
         &self,
-        wts: &PackedWeights,
-        x: &[T],
+        io: Io<'_>,
+        out: &mut [f32],
+        groups: &[PackedWeights],
+        zero_corr: Option<&[i64]>,
         zero: T,
-        (h, w, oh, ow): (usize, usize, usize, usize),
-        rows: std::ops::Range<usize>,
-        ep: &Epilogue<'_>,
-        buf: &mut Vec<T>,
-        store: &mut impl FnMut(usize, usize, f32),
+        quads: &mut Vec<T>,
+        cols: &mut Vec<T>,
+        store: impl Fn(i32) -> T + Sync,
     ) {
+        let Io {
+            n,
+            h,
+            w,
+            input,
+            inl,
+            outl,
+        } = io;
         let c = &self.conv;
-        let k = wts.depth();
+        let g = c.group;
+        let (cig, cog) = (c.c_in / g, c.c_out / g);
+        let cq = quads_per_pos(cig);
+        let hw = h * w;
+        let (oh, ow) = c.out_hw(h, w);
         let ohw = oh * ow;
-        let plen = b_panel_len(k);
-        let per_block = panels_per_block(k, std::mem::size_of::<T>());
-        let npanels = ohw.div_ceil(NR);
-        buf.resize(per_block * plen, T::default());
+        let khw = c.kh * c.kw;
+        let kq = khw * cq;
+        // 1. Encode: [image][group][quad][pixel][4], plus one panel of slack so a direct read
+        // of the last partial panel stays inside the buffer.
+        let plane = cq * hw * 4;
+        quads.clear();
+        quads.resize(n * g * plane + NR * 4, zero);
+        let enc = &self.enc;
+        quads[..n * g * plane]
+            .par_chunks_mut(hw * 4)
+            .enumerate()
+            .for_each(|(idx, dst)| {
+                let (ig, q) = (idx / cq, idx % cq);
+                let (img, gi) = (ig / g, ig % g);
+                for t in 0..4 {
+                    let ci = 4 * q + t;
+                    if ci >= cig {
+                        break; // padding channels keep the zero code
+                    }
+                    let base = img * inl.img + (gi * cig + ci) * inl.chan;
+                    if inl.pix == 1 {
+                        for (p, &x) in input[base..base + hw].iter().enumerate() {
+                            dst[p * 4 + t] = store(enc.encode(x));
+                        }
+                    } else {
+                        for p in 0..hw {
+                            dst[p * 4 + t] = store(enc.encode(input[base + p * inl.pix]));
+                        }
+                    }
+                }
+            });
+        // 2. im2col panels `[image][group][panel][quad][col][4]` for all but plain 1x1.
         let direct = c.kh == 1 && c.kw == 1 && c.stride == [1, 1] && c.pads == [0; 4];
-        let mut p0 = 0;
-        while p0 < npanels {
-            let np = per_block.min(npanels - p0);
-            for bp in 0..np {
-                let j0 = (p0 + bp) * NR;
-                let dst = &mut buf[bp * plen..(bp + 1) * plen];
-                if direct {
-                    pack_b_panel(k, ohw, j0, dst, |kk, j| x[kk * h * w + j]);
-                } else {
-                    pack_conv_panel(c, x, zero, (h, w, ow), k, ohw, j0, dst);
+        let npanels = ohw.div_ceil(NR);
+        let panel_len = kq * NR * 4;
+        if !direct {
+            cols.clear();
+            cols.resize(n * g * npanels * panel_len, zero);
+            let quads: &[T] = quads;
+            cols.par_chunks_mut(panel_len)
+                .enumerate()
+                .for_each(|(idx, dst)| {
+                    let (ig, p) = (idx / npanels, idx % npanels);
+                    let src = &quads[ig * plane..(ig + 1) * plane];
+                    gather_panel(c, src, zero, (h, w, ow), cq, ohw, p * NR, dst);
+                });
+        }
+        let quads: &[T] = quads;
+        let cols: &[T] = cols;
+        // 3. Multiply. Columns in blocks whose panels stay in L2; rows split further when
+        // there are too few blocks for the threads.
+        let elem = std::mem::size_of::<T>();
+        let per_block = (160 * 1024 / (panel_len * elem).max(1)).clamp(1, npanels.max(1));
+        let blocks = npanels.div_ceil(per_block);
+        let threads = rayon::current_num_threads();
+        let row_panels = cog.div_ceil(MR);
+        let chunks = (2 * threads).div_ceil(n * g * blocks).clamp(1, row_panels);
+        let rows_per = row_panels.div_ceil(chunks) * MR;
+        let outs: Vec<OutPtr> = out
+            .chunks_mut(outl.img)
+            .flat_map(|o| {
+                (0..g)
+                    .map(|gi| {
+                        let start = gi * cog * outl.rs;
+                        OutPtr::new(&mut o[start..], outl.rs, outl.cs)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let mut tasks = Vec::new();
+        for ig in 0..n * g {
+            for b in 0..blocks {
+                for r0 in (0..cog).step_by(rows_per) {
+                    tasks.push((ig, b, r0..(r0 + rows_per).min(cog)));
                 }
             }
-            compute_block(
-                wts,
-                T::panels(&buf[..np * plen]),
-                p0 * NR,
-                ohw,
-                rows.clone(),
-                ep,
-                store,
-            );
-            p0 += np;
         }
+        tasks.into_par_iter().for_each(|(ig, b, rows)| {
+            let gi = ig % g;
+            let row0 = gi * cog;
+            let ep = Epilogue {
+                mult: &self.mult[row0..row0 + cog],
+                bias: self.bias.as_ref().map(|b| &b[row0..row0 + cog]),
+                act: self.act,
+                zero_corr: zero_corr.map(|z| &z[row0..row0 + cog]),
+            };
+            let colr = b * per_block * NR..((b + 1) * per_block * NR).min(ohw);
+            let (panels, off0) = if direct {
+                (
+                    T::panels(Panels {
+                        data: quads,
+                        quad_stride: hw * 4,
+                    }),
+                    ig * plane,
+                )
+            } else {
+                (
+                    T::panels(Panels {
+                        data: cols,
+                        quad_stride: NR * 4,
+                    }),
+                    ig * npanels * panel_len,
+                )
+            };
+            let off = |j0: usize| {
+                if direct {
+                    off0 + j0 * 4
+                } else {
+                    off0 + (j0 / NR) * panel_len
+                }
+            };
+            // SAFETY: tasks partition (image, group, rows, columns); each output element is
+            // written by exactly one task, through the OutPtr of its image and group.
+            unsafe { compute(&groups[gi], panels, off, rows, colr, &ep, outs[ig]) };
+        });
     }
 
     fn run_depthwise(&self, wts: &[i32], h: usize, w: usize, input: &[f32], out: &mut [f32]) {
@@ -456,7 +543,9 @@ impl QConv {
                 let mut p = p.borrow_mut();
                 p.clear();
                 p.extend(x.iter().map(|&v| self.enc.encode(v)));
-                let mut acc = vec![0i32; ohw];
+                p.resize(hw + ohw, 0);
+                let (p, acc) = p.split_at_mut(hw);
+                acc.fill(0);
                 for ky in 0..c.kh {
                     for kx in 0..c.kw {
                         let wv = wk[ky * c.kw + kx];
@@ -481,44 +570,31 @@ impl QConv {
                     }
                 }
                 let (m, b) = (self.mult[co], self.bias.as_ref().map_or(0.0, |b| b[co]));
-                for (d, &a) in dst.iter_mut().zip(&acc) {
-                    *d = self.act.apply(a as f32 * m + b);
+                for (d, &a) in dst.iter_mut().zip(acc.iter()) {
+                    *d = a as f32 * m + b;
                 }
+                self.act.apply_slice(dst);
             });
         });
     }
 }
 
-/// Encodes `input` into `dst` in parallel, storing each integer through `conv`.
-fn encode_into<T: Send>(
-    enc: &ActEncoder,
-    input: &[f32],
-    dst: &mut [T],
-    conv: impl Fn(i32) -> T + Sync,
-) {
-    dst.par_chunks_mut(1 << 14)
-        .zip(input.par_chunks(1 << 14))
-        .for_each(|(d, x)| {
-            for (d, &x) in d.iter_mut().zip(x) {
-                *d = conv(enc.encode(x));
-            }
-        });
-}
-
-/// im2col of one panel: columns `j0..j0+NR` (output pixels) of the `[k, ohw]` patch matrix
-/// of one image and group `x: [cig, h, w]`; padding reads the encoded zero.
+/// im2col of one panel: columns `j0..j0+NR` (output pixels) of one image and group, from its
+/// channel quads `src: [quad][pixel][4]`; K quad `(ky * kw + kx) * cq + quad`. Padding reads
+/// the encoded zero.
 #[allow(clippy::too_many_arguments)]
-fn pack_conv_panel<T: crate::qgemm::Int>(
+fn gather_panel<T: Int>(
     c: &Conv2d,
-    x: &[T],
+    src: &[T],
     zero: T,
     (h, w, ow): (usize, usize, usize),
-    k: usize,
+    cq: usize,
     ohw: usize,
     j0: usize,
     dst: &mut [T],
 ) {
     let cols = ohw.saturating_sub(j0).min(NR);
+    let hw = h * w;
     let mut base_y = [0isize; NR];
     let mut base_x = [0isize; NR];
     for cc in 0..cols {
@@ -526,39 +602,34 @@ fn pack_conv_panel<T: crate::qgemm::Int>(
         base_y[cc] = ((j / ow) * c.stride[0]) as isize - c.pads[0] as isize;
         base_x[cc] = ((j % ow) * c.stride[1]) as isize - c.pads[1] as isize;
     }
-    let khw = c.kh * c.kw;
-    for q in 0..quads(k) {
-        let row = &mut dst[q * NR * 4..(q + 1) * NR * 4];
-        for t in 0..4 {
-            let kk = q * 4 + t;
-            if kk >= k {
-                for cc in 0..NR {
-                    row[cc * 4 + t] = T::default();
-                }
-                continue;
-            }
-            let (ci, r) = (kk / khw, kk % khw);
-            let (ky, kx) = (r / c.kw, r % c.kw);
-            let dy = (ky * c.dilation[0]) as isize;
+    for ky in 0..c.kh {
+        let dy = (ky * c.dilation[0]) as isize;
+        for kx in 0..c.kw {
             let dx = (kx * c.dilation[1]) as isize;
-            let plane = &x[ci * h * w..(ci + 1) * h * w];
+            let pos = ky * c.kw + kx;
             for cc in 0..cols {
                 let (iy, ix) = (base_y[cc] + dy, base_x[cc] + dx);
-                row[cc * 4 + t] = if iy >= 0 && iy < h as isize && ix >= 0 && ix < w as isize {
-                    plane[iy as usize * w + ix as usize]
+                let inside = iy >= 0 && iy < h as isize && ix >= 0 && ix < w as isize;
+                let pix = if inside {
+                    iy as usize * w + ix as usize
                 } else {
-                    zero
+                    0
                 };
-            }
-            for cc in cols..NR {
-                row[cc * 4 + t] = T::default();
+                for q in 0..cq {
+                    let d = &mut dst[((pos * cq + q) * NR + cc) * 4..][..4];
+                    if inside {
+                        d.copy_from_slice(&src[(q * hw + pix) * 4..][..4]);
+                    } else {
+                        d.fill(zero);
+                    }
+                }
             }
         }
     }
 }
 
 /// A Gemm `out[b, r] = act(sum_k x[b, k] * w[r, k] * mult[r] + bias[r])` on AFP integers:
-/// the 1x1 convolution of a batch of 1x1 images, with the batch as the pixel axis.
+/// a 1x1 convolution whose pixels are the batch rows.
 #[derive(Debug, Clone)]
 pub struct QGemm {
     inner: QConv,
@@ -604,26 +675,34 @@ impl QGemm {
         self.inner.kernel_name()
     }
 
-    /// `x: [batch, k]`, `out: [batch, m]`. Batch rows become pixels of one image so the
-    /// product shares each weight panel across the batch.
+    /// `x: [batch, k]`, `out: [batch, m]`, read and written in place (the batch rows are the
+    /// pixels of one image).
     pub fn run(&self, batch: usize, x: &[f32], out: &mut [f32], scratch: &mut QScratch) {
         let (m, k) = (self.rows(), self.depth());
         assert_eq!(x.len(), batch * k, "qgemm: input length");
         assert_eq!(out.len(), batch * m, "qgemm: output length");
-        // [batch, k] -> [k, batch] (one image of `batch` pixels), and back for the output.
-        let mut xt = vec![0f32; x.len()];
-        for b in 0..batch {
-            for kk in 0..k {
-                xt[kk * batch + b] = x[b * k + kk];
-            }
+        if out.is_empty() {
+            return;
         }
-        let mut ot = vec![0f32; out.len()];
-        self.inner.run(1, 1, batch, &xt, &mut ot, scratch);
-        for r in 0..m {
-            for b in 0..batch {
-                out[b * m + r] = ot[r * batch + b];
-            }
-        }
+        let inl = InLayout {
+            img: batch * k,
+            chan: 1,
+            pix: k,
+        };
+        let outl = OutLayout {
+            img: batch * m,
+            rs: 1,
+            cs: m,
+        };
+        let io = Io {
+            n: 1,
+            h: 1,
+            w: batch,
+            input: x,
+            inl,
+            outl,
+        };
+        self.inner.run_gemm(io, out, scratch);
     }
 }
 

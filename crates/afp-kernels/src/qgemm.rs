@@ -1,18 +1,20 @@
 //! Exact integer GEMM for AFP's integer view (DESIGN.md §1): every AFP value is `n * 2^u`
 //! with a small integer `n`, so a layer computes `sum_k n_w * n_a` exactly in integers and
-//! scales the sum once per output channel by a power of two (`mult`), before bias and
-//! activation. No weight or activation is ever turned back into a float before the sum.
+//! scales the sum once per output channel (`mult`, a power of two for AFP weights), before
+//! bias and activation. No weight or activation is turned back into a float before the sum.
 //!
 //! Two element paths:
 //! - `u8 x i8` (activations u8, weights i8): AVX2 `vpmaddubsw` + `vpmaddwd` into i32, or
-//!   the portable loop. `vpmaddubsw` saturates a pair sum at i16, so the path is only chosen
-//!   when `2 * max|a| * max|w| <= 32767` ([`U8I8Bounds`]); with `4 * max|a| * max|w| <=
-//!   32767` two pair sums are added in i16 before widening (one `vpmaddwd` per 8 products
+//!   the portable loop. `vpmaddubsw` saturates a pair sum at i16, so the AVX2 kernel is only
+//!   chosen when `2 * max|a| * max|w| <= 32767` ([`U8I8Bounds`]); when `4 * max|a| * max|w|
+//!   <= 32767` two pair sums are added in i16 before widening (one `vpmaddwd` per 8 products
 //!   instead of per 4).
 //! - `i16 x i16`: the portable loop with i64 sums, for integers that need 16 bits.
 //!
-//! Operands are packed: weights once at load time in panels of [`MR`] rows, activations per
-//! call in panels of [`NR`] columns, both with K in quads (zero padded).
+//! Layout: K runs in quads of 4. Weights are packed once, in panels of [`MR`] rows
+//! (`[panel][quad][row][4]`). Activations are read as [`NR`]-column panels of `[quad][col][4]`
+//! with any stride between quads: a channel-quad image (`[c/4][pixel][4]`) is such a panel
+//! at every pixel offset, so 1x1 convolutions read their input in place.
 
 use crate::Activation;
 
@@ -44,37 +46,28 @@ impl Int for i16 {
     }
 }
 
-/// Quads of K (K rounded up to a multiple of 4, over 4).
-#[inline]
-pub fn quads(k: usize) -> usize {
-    k.div_ceil(4)
-}
-
-/// Weights `[m, k]` packed in panels of [`MR`] rows: element `(r, kk)` of panel `p` is at
-/// `p * kq * MR * 4 + (kk / 4) * MR * 4 + r * 4 + kk % 4`. Rows and K past the end are zero.
+/// Weights `[m, 4 * kq]` packed in panels of [`MR`] rows: element `(r, kk)` of panel `p` is at
+/// `p * kq * MR * 4 + (kk / 4) * MR * 4 + r * 4 + kk % 4`. Rows past `m` are zero.
 #[derive(Debug, Clone)]
 pub struct PackedA<T> {
     pub m: usize,
-    pub k: usize,
-    kq: usize,
+    pub kq: usize,
     data: Vec<T>,
 }
 
 impl<T: Int> PackedA<T> {
-    /// Packs the row-major `[m, k]` matrix `w`.
-    pub fn new(m: usize, k: usize, w: &[T]) -> PackedA<T> {
+    /// Packs the row-major `[m, 4 * kq]` matrix `w`.
+    pub fn new(m: usize, kq: usize, w: &[T]) -> PackedA<T> {
+        let k = 4 * kq;
         assert_eq!(w.len(), m * k, "qgemm: weight length");
-        let kq = quads(k);
-        let panels = m.div_ceil(MR);
-        let mut data = vec![T::default(); panels * kq * MR * 4];
+        let mut data = vec![T::default(); m.div_ceil(MR) * kq * MR * 4];
         for r in 0..m {
-            let (p, rr) = (r / MR, r % MR);
-            let base = p * kq * MR * 4 + rr * 4;
+            let base = (r / MR) * kq * MR * 4 + (r % MR) * 4;
             for (kk, &v) in w[r * k..(r + 1) * k].iter().enumerate() {
                 data[base + (kk / 4) * MR * 4 + kk % 4] = v;
             }
         }
-        PackedA { m, k, kq, data }
+        PackedA { m, kq, data }
     }
 
     fn panel(&self, p: usize) -> &[T] {
@@ -82,48 +75,8 @@ impl<T: Int> PackedA<T> {
         &self.data[p * len..(p + 1) * len]
     }
 
-    /// Bytes held.
     pub fn bytes(&self) -> usize {
         self.data.len() * std::mem::size_of::<T>()
-    }
-}
-
-/// Length of one packed activation panel for `k` reduction values.
-#[inline]
-pub fn b_panel_len(k: usize) -> usize {
-    quads(k) * NR * 4
-}
-
-/// Packs columns `j0..j0+NR` of an implicit `[k, n]` matrix into `dst` (one panel), reading
-/// element `(kk, j)` through `get`; columns past `n` and K past `k` are zero.
-#[inline]
-pub fn pack_b_panel<T: Int>(
-    k: usize,
-    n: usize,
-    j0: usize,
-    dst: &mut [T],
-    get: impl Fn(usize, usize) -> T,
-) {
-    let kq = quads(k);
-    debug_assert!(dst.len() >= kq * NR * 4);
-    let cols = n.saturating_sub(j0).min(NR);
-    for q in 0..kq {
-        let row = &mut dst[q * NR * 4..(q + 1) * NR * 4];
-        for t in 0..4 {
-            let kk = q * 4 + t;
-            if kk >= k {
-                for c in 0..NR {
-                    row[c * 4 + t] = T::default();
-                }
-                continue;
-            }
-            for c in 0..cols {
-                row[c * 4 + t] = get(kk, j0 + c);
-            }
-            for c in cols..NR {
-                row[c * 4 + t] = T::default();
-            }
-        }
     }
 }
 
@@ -148,101 +101,6 @@ impl U8I8Bounds {
     pub fn sum_fits_i32(&self, k: usize) -> bool {
         (k as u128) * self.act_max as u128 * self.weight_max as u128 <= i32::MAX as u128
     }
-}
-
-/// What follows the integer sum, per output row `r`: `act(sum * mult[r] + bias[r])`,
-/// stored at `out[r * rs + j * cs]` (column `j`).
-pub struct Epilogue<'a> {
-    pub mult: &'a [f32],
-    pub bias: Option<&'a [f32]>,
-    pub act: Activation,
-    /// Subtracted from row `r`'s sum first: the shift of signed activations stored as u8.
-    pub zero_corr: Option<&'a [i64]>,
-}
-
-type Tile = [[i64; NR]; MR];
-
-/// The micro-kernel for one `MR x NR` tile over all of K, portable.
-#[inline]
-fn tile_portable<A: Int, B: Int>(a: &[A], b: &[B], kq: usize) -> Tile {
-    let mut acc = [[0i64; NR]; MR];
-    for q in 0..kq {
-        let aq = &a[q * MR * 4..(q + 1) * MR * 4];
-        let bq = &b[q * NR * 4..(q + 1) * NR * 4];
-        for r in 0..MR {
-            let w = &aq[r * 4..r * 4 + 4];
-            for c in 0..NR {
-                let x = &bq[c * 4..c * 4 + 4];
-                acc[r][c] += w[0].widen() * x[0].widen()
-                    + w[1].widen() * x[1].widen()
-                    + w[2].widen() * x[2].widen()
-                    + w[3].widen() * x[3].widen();
-            }
-        }
-    }
-    acc
-}
-
-/// `u8 x i8` tile with AVX2. `QUAD`: add two `vpmaddubsw` results in i16 before widening
-/// (only when [`U8I8Bounds::quad_fits_i16`]).
-///
-/// # Safety
-/// The CPU must have AVX2 (checked by the caller with `is_x86_feature_detected!`).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn tile_u8i8_avx2<const QUAD: bool>(a: &[i8], b: &[u8], kq: usize) -> [[i32; NR]; MR] {
-    use std::arch::x86_64::*;
-    // Every load below reads inside these bounds: A quad q at q*16 + r*4 (4 bytes),
-    // B quad q at q*64 (two 32-byte vectors).
-    assert!(a.len() >= kq * MR * 4 && b.len() >= kq * NR * 4);
-    let ap = a.as_ptr();
-    let bp = b.as_ptr();
-    let ones = _mm256_set1_epi16(1);
-    let mut acc = [[_mm256_setzero_si256(); 2]; MR];
-    let wq = |q: usize, r: usize| -> __m256i {
-        // SAFETY: q < kq and r < MR, so the 4 bytes lie in `a` (asserted above).
-        _mm256_set1_epi32(unsafe { (ap.add(q * MR * 4 + r * 4) as *const i32).read_unaligned() })
-    };
-    let bq = |q: usize, h: usize| -> __m256i {
-        // SAFETY: q < kq, h < 2: 32 bytes at q*64 + h*32 lie in `b` (asserted above).
-        unsafe { _mm256_loadu_si256(bp.add(q * NR * 4 + h * 32) as *const __m256i) }
-    };
-    let mut q = 0;
-    if QUAD {
-        while q + 2 <= kq {
-            let (b00, b01, b10, b11) = (bq(q, 0), bq(q, 1), bq(q + 1, 0), bq(q + 1, 1));
-            for (r, acc_r) in acc.iter_mut().enumerate() {
-                let (w0, w1) = (wq(q, r), wq(q + 1, r));
-                let p0 =
-                    _mm256_add_epi16(_mm256_maddubs_epi16(b00, w0), _mm256_maddubs_epi16(b10, w1));
-                let p1 =
-                    _mm256_add_epi16(_mm256_maddubs_epi16(b01, w0), _mm256_maddubs_epi16(b11, w1));
-                acc_r[0] = _mm256_add_epi32(acc_r[0], _mm256_madd_epi16(p0, ones));
-                acc_r[1] = _mm256_add_epi32(acc_r[1], _mm256_madd_epi16(p1, ones));
-            }
-            q += 2;
-        }
-    }
-    while q < kq {
-        let (b0, b1) = (bq(q, 0), bq(q, 1));
-        for (r, acc_r) in acc.iter_mut().enumerate() {
-            let w = wq(q, r);
-            let p0 = _mm256_maddubs_epi16(b0, w);
-            let p1 = _mm256_maddubs_epi16(b1, w);
-            acc_r[0] = _mm256_add_epi32(acc_r[0], _mm256_madd_epi16(p0, ones));
-            acc_r[1] = _mm256_add_epi32(acc_r[1], _mm256_madd_epi16(p1, ones));
-        }
-        q += 1;
-    }
-    let mut out = [[0i32; NR]; MR];
-    for (o, acc_r) in out.iter_mut().zip(&acc) {
-        // SAFETY: each row holds NR = 16 i32, written as two 8-lane vectors.
-        unsafe {
-            _mm256_storeu_si256(o.as_mut_ptr() as *mut __m256i, acc_r[0]);
-            _mm256_storeu_si256(o.as_mut_ptr().add(8) as *mut __m256i, acc_r[1]);
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -287,38 +145,10 @@ impl U8I8Kernel {
     }
     pub fn name(self) -> &'static str {
         match self {
-            U8I8Kernel::Portable => "portable",
-            U8I8Kernel::Avx2Pair => "avx2",
-            U8I8Kernel::Avx2Quad => "avx2-quad",
+            U8I8Kernel::Portable => "u8i8-portable",
+            U8I8Kernel::Avx2Pair => "u8i8-avx2",
+            U8I8Kernel::Avx2Quad => "u8i8-avx2-quad",
         }
-    }
-}
-
-/// One `MR x NR` tile of a `u8 x i8` product.
-#[inline]
-fn tile_u8i8(kernel: U8I8Kernel, a: &[i8], b: &[u8], kq: usize) -> Tile {
-    match kernel {
-        U8I8Kernel::Portable => tile_portable(a, b, kq),
-        #[cfg(target_arch = "x86_64")]
-        U8I8Kernel::Avx2Pair | U8I8Kernel::Avx2Quad => {
-            // SAFETY: `choose` returns an AVX2 kernel only when the CPU has AVX2.
-            let t = unsafe {
-                if kernel == U8I8Kernel::Avx2Quad {
-                    tile_u8i8_avx2::<true>(a, b, kq)
-                } else {
-                    tile_u8i8_avx2::<false>(a, b, kq)
-                }
-            };
-            let mut out = [[0i64; NR]; MR];
-            for (o, t) in out.iter_mut().zip(&t) {
-                for (o, &t) in o.iter_mut().zip(t) {
-                    *o = t as i64;
-                }
-            }
-            out
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => tile_portable(a, b, kq),
     }
 }
 
@@ -338,10 +168,10 @@ impl PackedWeights {
             PackedWeights::I16(a) => a.m,
         }
     }
-    pub fn depth(&self) -> usize {
+    pub fn quads(&self) -> usize {
         match self {
-            PackedWeights::U8I8(a, _) => a.k,
-            PackedWeights::I16(a) => a.k,
+            PackedWeights::U8I8(a, _) => a.kq,
+            PackedWeights::I16(a) => a.kq,
         }
     }
     pub fn bytes(&self) -> usize {
@@ -353,79 +183,288 @@ impl PackedWeights {
     pub fn kernel_name(&self) -> &'static str {
         match self {
             PackedWeights::U8I8(_, k) => k.name(),
-            PackedWeights::I16(_) => "portable-i16",
+            PackedWeights::I16(_) => "i16-portable",
         }
     }
 }
 
+/// Activation operand: `data[off + q * quad_stride + c * 4 + t]` is element `(4q + t, c)`
+/// of a panel at offset `off`. Every panel read must lie inside `data` (see [`Self::check`]).
+#[derive(Clone, Copy)]
+pub struct Panels<'a, T> {
+    pub data: &'a [T],
+    pub quad_stride: usize,
+}
+
+impl<T> Panels<'_, T> {
+    /// Whether the panel at `off` with `kq` quads lies inside `data`.
+    #[inline]
+    fn check(&self, off: usize, kq: usize) -> bool {
+        kq == 0 || off + (kq - 1) * self.quad_stride + NR * 4 <= self.data.len()
+    }
+}
+
 /// Activation panels in the element type of a [`PackedWeights`] path.
-pub enum PackedB<'a> {
-    U8(&'a [u8]),
-    I16(&'a [i16]),
+#[derive(Clone, Copy)]
+pub enum ActPanels<'a> {
+    U8(Panels<'a, u8>),
+    I16(Panels<'a, i16>),
 }
 
 /// Element types of activation panels.
 pub trait ActInt: Int {
-    fn panels(s: &[Self]) -> PackedB<'_>;
+    fn panels(p: Panels<'_, Self>) -> ActPanels<'_>;
 }
 impl ActInt for u8 {
-    fn panels(s: &[u8]) -> PackedB<'_> {
-        PackedB::U8(s)
+    fn panels(p: Panels<'_, u8>) -> ActPanels<'_> {
+        ActPanels::U8(p)
     }
 }
 impl ActInt for i16 {
-    fn panels(s: &[i16]) -> PackedB<'_> {
-        PackedB::I16(s)
+    fn panels(p: Panels<'_, i16>) -> ActPanels<'_> {
+        ActPanels::I16(p)
     }
 }
 
-/// Computes rows `rows` (a range of whole panels except maybe the last) of the product of
-/// `w` with `panels` consecutive activation panels starting at column `j0`, applying `ep` and
-/// storing through `store(row, col, value)`.
-pub fn compute_block(
-    w: &PackedWeights,
-    b: PackedB<'_>,
+/// The portable micro-kernel for one `MR x NR` tile over all of K, in i64.
+#[inline]
+fn tile_portable<A: Int, B: Int>(a: &[A], b: Panels<'_, B>, off: usize, kq: usize) -> Tile {
+    let mut acc = [[0i64; NR]; MR];
+    for q in 0..kq {
+        let aq = &a[q * MR * 4..(q + 1) * MR * 4];
+        let bq = &b.data[off + q * b.quad_stride..off + q * b.quad_stride + NR * 4];
+        for r in 0..MR {
+            let w = &aq[r * 4..r * 4 + 4];
+            for c in 0..NR {
+                let x = &bq[c * 4..c * 4 + 4];
+                acc[r][c] += w[0].widen() * x[0].widen()
+                    + w[1].widen() * x[1].widen()
+                    + w[2].widen() * x[2].widen()
+                    + w[3].widen() * x[3].widen();
+            }
+        }
+    }
+    Tile::I64(acc)
+}
+
+/// `u8 x i8` tile with AVX2. `QUAD`: add two `vpmaddubsw` results in i16 before widening
+/// (only when [`U8I8Bounds::quad_fits_i16`]).
+///
+/// # Safety
+/// The CPU must have AVX2, `a` must hold `kq * MR * 4` values and `b.check(off, kq)` must
+/// hold (both asserted by the caller, [`tile`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn tile_u8i8_avx2<const QUAD: bool>(
+    a: &[i8],
+    b: Panels<'_, u8>,
+    off: usize,
+    kq: usize,
+) -> [[i32; NR]; MR] {
+    use std::arch::x86_64::*;
+    let ap = a.as_ptr();
+    let bp = b.data.as_ptr().add(off);
+    let st = b.quad_stride;
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [[_mm256_setzero_si256(); 2]; MR];
+    // SAFETY (both macros): q < kq, r < MR and h < 2; A quad q row r is 4 bytes at
+    // q*16 + r*4 < kq*MR*4, B quad q half h is 32 bytes ending at q*st + h*32 + 32 <= the
+    // checked panel extent. Macros, not closures, so the intrinsics inline under AVX2.
+    macro_rules! wq {
+        ($q:expr, $r:expr) => {
+            _mm256_set1_epi32((ap.add($q * MR * 4 + $r * 4) as *const i32).read_unaligned())
+        };
+    }
+    macro_rules! bq {
+        ($q:expr, $h:expr) => {
+            _mm256_loadu_si256(bp.add($q * st + $h * 32) as *const __m256i)
+        };
+    }
+    let mut q = 0;
+    if QUAD {
+        while q + 2 <= kq {
+            let (b00, b01, b10, b11) = (bq!(q, 0), bq!(q, 1), bq!(q + 1, 0), bq!(q + 1, 1));
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let (w0, w1) = (wq!(q, r), wq!(q + 1, r));
+                let p0 =
+                    _mm256_add_epi16(_mm256_maddubs_epi16(b00, w0), _mm256_maddubs_epi16(b10, w1));
+                let p1 =
+                    _mm256_add_epi16(_mm256_maddubs_epi16(b01, w0), _mm256_maddubs_epi16(b11, w1));
+                acc_r[0] = _mm256_add_epi32(acc_r[0], _mm256_madd_epi16(p0, ones));
+                acc_r[1] = _mm256_add_epi32(acc_r[1], _mm256_madd_epi16(p1, ones));
+            }
+            q += 2;
+        }
+    }
+    while q < kq {
+        let (b0, b1) = (bq!(q, 0), bq!(q, 1));
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            let w = wq!(q, r);
+            let p0 = _mm256_maddubs_epi16(b0, w);
+            let p1 = _mm256_maddubs_epi16(b1, w);
+            acc_r[0] = _mm256_add_epi32(acc_r[0], _mm256_madd_epi16(p0, ones));
+            acc_r[1] = _mm256_add_epi32(acc_r[1], _mm256_madd_epi16(p1, ones));
+        }
+        q += 1;
+    }
+    let mut out = [[0i32; NR]; MR];
+    for (o, acc_r) in out.iter_mut().zip(&acc) {
+        // SAFETY: each row holds NR = 16 i32, written as two 8-lane vectors.
+        unsafe {
+            _mm256_storeu_si256(o.as_mut_ptr() as *mut __m256i, acc_r[0]);
+            _mm256_storeu_si256(o.as_mut_ptr().add(8) as *mut __m256i, acc_r[1]);
+        }
+    }
+    out
+}
+
+/// Integer sums of one tile.
+#[allow(clippy::large_enum_variant)] // lives on the stack for one tile; never boxed or stored
+enum Tile {
+    I32([[i32; NR]; MR]),
+    I64([[i64; NR]; MR]),
+}
+
+/// One `MR x NR` tile: weight panel `p` times the activation panel at `off`.
+#[inline]
+fn tile(w: &PackedWeights, p: usize, b: ActPanels<'_>, off: usize) -> Tile {
+    let kq = w.quads();
+    match (w, b) {
+        (PackedWeights::U8I8(a, kern), ActPanels::U8(b)) => {
+            assert!(b.check(off, kq), "qgemm: activation panel out of bounds");
+            let a = a.panel(p);
+            match kern {
+                #[cfg(target_arch = "x86_64")]
+                U8I8Kernel::Avx2Quad => {
+                    // SAFETY: chosen only with AVX2 present; panel bounds asserted above, and
+                    // `a.panel` holds kq * MR * 4 values.
+                    Tile::I32(unsafe { tile_u8i8_avx2::<true>(a, b, off, kq) })
+                }
+                #[cfg(target_arch = "x86_64")]
+                U8I8Kernel::Avx2Pair => {
+                    // SAFETY: as above.
+                    Tile::I32(unsafe { tile_u8i8_avx2::<false>(a, b, off, kq) })
+                }
+                _ => tile_portable(a, b, off, kq),
+            }
+        }
+        (PackedWeights::I16(a), ActPanels::I16(b)) => {
+            assert!(b.check(off, kq), "qgemm: activation panel out of bounds");
+            tile_portable(a.panel(p), b, off, kq)
+        }
+        _ => panic!("qgemm: activation panels are not in the weights' element type"),
+    }
+}
+
+/// What follows the integer sum, per output row `r`: `act((sum - zero_corr[r]) * mult[r] +
+/// bias[r])`.
+pub struct Epilogue<'a> {
+    pub mult: &'a [f32],
+    pub bias: Option<&'a [f32]>,
+    pub act: Activation,
+    /// The shift of signed activations stored as u8 (`zero * sum_k w[r][k]`).
+    pub zero_corr: Option<&'a [i64]>,
+}
+
+/// Output of a product: element `(r, j)` at `ptr[r * rs + j * cs]`. Shared by the threads of
+/// one product, each writing its own disjoint set of `(r, j)`.
+#[derive(Clone, Copy)]
+pub struct OutPtr {
+    ptr: *mut f32,
+    len: usize,
+    rs: usize,
+    cs: usize,
+}
+
+// SAFETY: `OutPtr` is only written through `store_tile`, whose callers give each (row,
+// column) of a product to exactly one thread; the slice it came from outlives the product.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// `out` must hold every `(r, j)` the product writes (checked per tile).
+    pub fn new(out: &mut [f32], rs: usize, cs: usize) -> OutPtr {
+        OutPtr {
+            ptr: out.as_mut_ptr(),
+            len: out.len(),
+            rs,
+            cs,
+        }
+    }
+}
+
+/// Stores rows `r0..r0+rows` and columns `j0..j0+cols` of a tile through the epilogue.
+///
+/// # Safety
+/// No other thread may read or write these output elements during the call.
+unsafe fn store_tile(
+    t: &Tile,
+    r0: usize,
+    rows: usize,
     j0: usize,
-    n: usize,
-    rows: std::ops::Range<usize>,
+    cols: usize,
     ep: &Epilogue<'_>,
-    store: &mut impl FnMut(usize, usize, f32),
+    out: OutPtr,
 ) {
-    let k = w.depth();
-    let kq = quads(k);
-    let plen = b_panel_len(k);
+    let last = (r0 + rows - 1) * out.rs + (j0 + cols - 1) * out.cs;
+    assert!(last < out.len, "qgemm: output tile out of bounds");
+    let mut v = [0f32; NR];
+    for rr in 0..rows {
+        let r = r0 + rr;
+        let (m, b) = (ep.mult[r], ep.bias.map_or(0.0, |b| b[r]));
+        let corr = ep.zero_corr.map_or(0, |z| z[r]);
+        match t {
+            Tile::I32(t) => {
+                let c32 = corr as i32; // |corr| <= 255 * 64 * K, within i32 (checked at build)
+                for (v, &a) in v.iter_mut().zip(&t[rr]) {
+                    *v = (a - c32) as f32 * m + b;
+                }
+            }
+            Tile::I64(t) => {
+                for (v, &a) in v.iter_mut().zip(&t[rr]) {
+                    *v = (a - corr) as f32 * m + b;
+                }
+            }
+        }
+        ep.act.apply_slice(&mut v[..cols]);
+        let base = r * out.rs + j0 * out.cs;
+        if out.cs == 1 {
+            // SAFETY: base + cols - 1 <= last < len (asserted); exclusive per the contract.
+            unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), out.ptr.add(base), cols) };
+        } else {
+            for (c, &x) in v[..cols].iter().enumerate() {
+                // SAFETY: base + c * cs <= last < len; exclusive per the contract.
+                unsafe { *out.ptr.add(base + c * out.cs) = x };
+            }
+        }
+    }
+}
+
+/// Computes rows `rows` and columns `cols` of `w` times the activation panels and stores them
+/// through `ep`. `panel_off(j0)` is the offset in `b` of the panel of columns `j0..j0+NR`.
+///
+/// # Safety
+/// No other thread may touch the output elements of `rows x cols` during the call.
+pub unsafe fn compute(
+    w: &PackedWeights,
+    b: ActPanels<'_>,
+    panel_off: impl Fn(usize) -> usize,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    ep: &Epilogue<'_>,
+    out: OutPtr,
+) {
     let m = w.rows();
-    debug_assert!(rows.start.is_multiple_of(MR));
-    let npanels = match &b {
-        PackedB::U8(s) => s.len() / plen,
-        PackedB::I16(s) => s.len() / plen,
-    };
+    debug_assert!(rows.start.is_multiple_of(MR) && cols.start.is_multiple_of(NR));
     for p in (rows.start / MR)..rows.end.div_ceil(MR) {
-        for bp in 0..npanels {
-            let jb = j0 + bp * NR;
-            if jb >= n {
-                break;
-            }
-            let tile = match (w, &b) {
-                (PackedWeights::U8I8(a, kern), PackedB::U8(s)) => {
-                    tile_u8i8(*kern, a.panel(p), &s[bp * plen..(bp + 1) * plen], kq)
-                }
-                (PackedWeights::I16(a), PackedB::I16(s)) => {
-                    tile_portable(a.panel(p), &s[bp * plen..(bp + 1) * plen], kq)
-                }
-                _ => unreachable!("activation panels are packed for the weights' path"),
-            };
-            for (rr, trow) in tile.iter().enumerate() {
-                let r = p * MR + rr;
-                if r >= m.min(rows.end) {
-                    break;
-                }
-                let (mult, bias) = (ep.mult[r], ep.bias.map_or(0.0, |b| b[r]));
-                let corr = ep.zero_corr.map_or(0, |z| z[r]);
-                for (c, &acc) in trow.iter().enumerate().take((n - jb).min(NR)) {
-                    store(r, jb + c, ep.act.apply((acc - corr) as f32 * mult + bias));
-                }
-            }
+        let r0 = p * MR;
+        let nrows = (rows.end.min(m) - r0).min(MR);
+        let mut j0 = cols.start;
+        while j0 < cols.end {
+            let t = tile(w, p, b, panel_off(j0));
+            // SAFETY: forwarded contract.
+            unsafe { store_tile(&t, r0, nrows, j0, (cols.end - j0).min(NR), ep, out) };
+            j0 += NR;
         }
     }
 }
@@ -441,41 +480,48 @@ mod tests {
         *seed >> 33
     }
 
-    fn naive(w: &[i64], x: &[i64], m: usize, k: usize, n: usize) -> Vec<i64> {
-        let mut c = vec![0i64; m * n];
-        for r in 0..m {
+    /// Panels `[quad][col][4]` of a `[4 kq, n]` matrix (columns padded to whole panels).
+    fn panels<T: Int>(x: &[T], kq: usize, n: usize) -> (Vec<T>, usize) {
+        let np = n.div_ceil(NR);
+        let stride = np * NR * 4;
+        let mut d = vec![T::default(); kq * stride];
+        for q in 0..kq {
             for j in 0..n {
-                c[r * n + j] = (0..k).map(|kk| w[r * k + kk] * x[kk * n + j]).sum();
+                for t in 0..4 {
+                    d[q * stride + j * 4 + t] = x[(4 * q + t) * n + j];
+                }
             }
         }
-        c
+        (d, stride)
     }
 
-    /// Every kernel gives the exact integer sums on odd shapes (partial tiles and quads).
+    /// Every kernel gives the exact integer sums on odd shapes (partial tiles), and the
+    /// epilogue scales, shifts, biases and activates per row, at any output strides.
     #[test]
-    fn u8i8_kernels_are_exact() {
+    fn kernels_are_exact() {
         let mut seed = 7;
-        for &(m, k, n, amax, wmax) in &[
-            (5usize, 7usize, 19usize, 255u32, 28u32),
-            (4, 64, 16, 255, 64),
-            (9, 1000, 33, 255, 32),
-            (3, 4608, 17, 200, 28),
+        for &(m, kq, n, amax, wmax) in &[
+            (5usize, 2usize, 19usize, 255u32, 28u32),
+            (4, 16, 16, 255, 64),
+            (9, 250, 33, 255, 32),
+            (3, 1152, 17, 200, 28),
             (1, 1, 1, 255, 64),
         ] {
+            let k = 4 * kq;
             let w: Vec<i8> = (0..m * k)
-                .map(|_| (lcg(&mut seed) % (2 * wmax as u64 + 1)) as i64 - wmax as i64)
-                .map(|v| v as i8)
+                .map(|_| ((lcg(&mut seed) % (2 * wmax as u64 + 1)) as i64 - wmax as i64) as i8)
                 .collect();
             let x: Vec<u8> = (0..k * n)
                 .map(|_| (lcg(&mut seed) % (amax as u64 + 1)) as u8)
                 .collect();
-            let want = naive(
-                &w.iter().map(|&v| v as i64).collect::<Vec<_>>(),
-                &x.iter().map(|&v| v as i64).collect::<Vec<_>>(),
-                m,
-                k,
-                n,
-            );
+            let want: Vec<i64> = (0..m * n)
+                .map(|i| {
+                    let (r, j) = (i / n, i % n);
+                    (0..k)
+                        .map(|kk| w[r * k + kk] as i64 * x[kk * n + j] as i64)
+                        .sum()
+                })
+                .collect();
             let bounds = U8I8Bounds {
                 act_max: amax,
                 weight_max: wmax,
@@ -487,64 +533,93 @@ mod tests {
                     kernels.push(U8I8Kernel::Avx2Quad);
                 }
             }
+            let (b, stride) = panels(&x, kq, n);
+            let mult: Vec<f32> = (0..m).map(|r| 2f32.powi(-(r as i32))).collect();
+            let bias: Vec<f32> = (0..m).map(|r| r as f32 - 2.0).collect();
+            let corr: Vec<i64> = (0..m).map(|r| 3 * r as i64).collect();
             for kern in kernels {
-                let pw = PackedWeights::U8I8(PackedA::new(m, k, &w), kern);
-                let plen = b_panel_len(k);
-                let np = n.div_ceil(NR);
-                let mut b = vec![0u8; np * plen];
-                for p in 0..np {
-                    pack_b_panel(k, n, p * NR, &mut b[p * plen..(p + 1) * plen], |kk, j| {
-                        x[kk * n + j]
+                let pw = PackedWeights::U8I8(PackedA::new(m, kq, &w), kern);
+                for (act, transposed) in [(Activation::None, false), (Activation::Relu, true)] {
+                    let ep = Epilogue {
+                        mult: &mult,
+                        bias: Some(&bias),
+                        act,
+                        zero_corr: Some(&corr),
+                    };
+                    let mut got = vec![f32::NAN; m * n];
+                    let (rs, cs) = if transposed { (1, m) } else { (n, 1) };
+                    let out = OutPtr::new(&mut got, rs, cs);
+                    let b = ActPanels::U8(Panels {
+                        data: &b,
+                        quad_stride: stride,
                     });
-                }
-                let ones = vec![1f32; m];
-                let ep = Epilogue {
-                    mult: &ones,
-                    bias: None,
-                    act: Activation::None,
-                    zero_corr: None,
-                };
-                let mut got = vec![f32::NAN; m * n];
-                compute_block(&pw, PackedB::U8(&b), 0, n, 0..m, &ep, &mut |r, j, v| {
-                    got[r * n + j] = v
-                });
-                for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
-                    assert_eq!(g, w as f32, "{kern:?} m{m} k{k} n{n} at {i}");
+                    // SAFETY: one thread writes the whole output.
+                    unsafe { compute(&pw, b, |j0| j0 * 4, 0..m, 0..n, &ep, out) };
+                    for r in 0..m {
+                        for j in 0..n {
+                            let v = (want[r * n + j] - corr[r]) as f32 * mult[r] + bias[r];
+                            assert_eq!(
+                                got[r * rs + j * cs],
+                                act.apply(v),
+                                "{kern:?} m{m} k{k} n{n} at ({r},{j})"
+                            );
+                        }
+                    }
                 }
             }
         }
     }
 
-    /// The i16 path is exact where i32 would overflow, and the epilogue scales, biases and
-    /// activates per row.
+    /// The i16 path is exact where i32 would overflow.
     #[test]
-    fn i16_path_and_epilogue() {
-        let (m, k, n) = (6, 4608, 5);
+    fn i16_path_sums_in_i64() {
+        let (m, kq, n) = (6, 1152, 5);
+        let k = 4 * kq;
         let w: Vec<i16> = (0..m * k)
             .map(|i| if i % 2 == 0 { 448 } else { -3 })
             .collect();
-        let x: Vec<i16> = (0..k * n).map(|_| 4032).collect();
-        let pw = PackedWeights::I16(PackedA::new(m, k, &w));
-        let plen = b_panel_len(k);
-        let mut b = vec![0i16; plen];
-        pack_b_panel(k, n, 0, &mut b, |kk, j| x[kk * n + j]);
-        let mult: Vec<f32> = (0..m).map(|r| 2f32.powi(-(r as i32))).collect();
-        let bias: Vec<f32> = (0..m).map(|r| -(r as f32)).collect();
+        let x: Vec<i16> = vec![4032; k * n];
+        let (b, stride) = panels(&x, kq, n);
+        let ones = vec![1f32; m];
         let ep = Epilogue {
-            mult: &mult,
-            bias: Some(&bias),
-            act: Activation::Relu,
+            mult: &ones,
+            bias: None,
+            act: Activation::None,
             zero_corr: None,
         };
         let mut got = vec![f32::NAN; m * n];
-        compute_block(&pw, PackedB::I16(&b), 0, n, 0..m, &ep, &mut |r, j, v| {
-            got[r * n + j] = v
+        let out = OutPtr::new(&mut got, n, 1);
+        let pw = PackedWeights::I16(PackedA::new(m, kq, &w));
+        let b = ActPanels::I16(Panels {
+            data: &b,
+            quad_stride: stride,
         });
+        // SAFETY: one thread writes the whole output.
+        unsafe { compute(&pw, b, |j0| j0 * 4, 0..m, 0..n, &ep, out) };
         let sum = (k as i64 / 2) * 4032 * (448 - 3);
         assert!(sum > i32::MAX as i64);
-        for r in 0..m {
-            let want = (sum as f32 * mult[r] + bias[r]).max(0.0);
-            assert_eq!(got[r * n], want);
-        }
+        assert!(got.iter().all(|&g| g == sum as f32));
+    }
+
+    #[test]
+    #[should_panic(expected = "out of bounds")]
+    fn short_activation_panels_are_refused() {
+        let pw = PackedWeights::U8I8(PackedA::new(4, 2, &[1i8; 32]), U8I8Kernel::Portable);
+        let data = vec![0u8; 100];
+        let b = ActPanels::U8(Panels {
+            data: &data,
+            quad_stride: 64,
+        });
+        let ones = [1f32; 4];
+        let ep = Epilogue {
+            mult: &ones,
+            bias: None,
+            act: Activation::None,
+            zero_corr: None,
+        };
+        let mut got = vec![0f32; 64];
+        let out = OutPtr::new(&mut got, 16, 1);
+        // SAFETY: one thread writes the whole output.
+        unsafe { compute(&pw, b, |j0| j0 * 4, 0..4, 0..16, &ep, out) };
     }
 }

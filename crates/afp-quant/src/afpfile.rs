@@ -52,6 +52,8 @@ pub struct AfpFile {
     pub quantized: QuantizedModel,
     pub card: Option<serde_json::Value>,
     pub sizes: FileSizes,
+    /// Names of the initializers the codes replace (zeros in `model`).
+    pub quantized_initializers: Vec<String>,
 }
 
 /// Where the bytes of a `.afp` file go.
@@ -500,6 +502,7 @@ pub fn from_bytes(bytes: &[u8]) -> Result<AfpFile, String> {
         quantized: QuantizedModel { plan, codes },
         card: content.card,
         sizes,
+        quantized_initializers: content.quantized_initializers.into_keys().collect(),
     })
 }
 
@@ -531,6 +534,7 @@ pub(crate) mod tests {
                 penalty: 0.0,
                 offset_rule: OffsetRule::Mse,
                 zero_mode: ZeroMode::Subnormal,
+                int8_kernels: false,
             },
             bits,
             avg_bits: None,

@@ -2,7 +2,7 @@
 //! ([`search`]), weight handling and baselines ([`weights`]), plans ([`plan`]), and turning
 //! statistics into a plan and a plan into a simulated graph ([`quantize`]); the energy per
 //! inference of a plan against FP32 and INT8 dynamic quantization ([`energy`]); the `.afp` file
-//! ([`afpfile`]); GPTQ rounding ([`gptq`]); export to standard ONNX ([`export`]).
+//! ([`afpfile`]); GPTQ rounding ([`gptq`]); the packed integer engine ([`packed`]); export to standard ONNX ([`export`]).
 
 pub mod afpfile;
 pub mod bayes;
@@ -10,6 +10,7 @@ pub mod calib;
 pub mod energy;
 pub mod export;
 pub mod gptq;
+pub mod packed;
 pub mod plan;
 pub mod quantize;
 pub mod search;

@@ -116,6 +116,7 @@ pub fn plan_layers(
                                 o.act_family,
                                 o.search.zero_mode,
                                 o.search.penalty,
+                                o.search.int8_kernels,
                             )
                             .map(|a| (b, a.sqnr_db.map_or(0.0, |db| 10f64.powf(-db / 10.0))))
                         })
@@ -155,6 +156,7 @@ pub fn plan_layers(
                     o.act_family,
                     o.search.zero_mode,
                     o.search.penalty,
+                    o.search.int8_kernels,
                 )
                 .map_err(|e| format!("layer {}: {e}", n.name))?,
             ),

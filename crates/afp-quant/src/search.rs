@@ -105,6 +105,33 @@ pub struct SearchOptions {
     pub penalty: f64,
     pub offset_rule: OffsetRule,
     pub zero_mode: ZeroMode,
+    /// Only formats the packed engine runs on its 8-bit integer kernels (see
+    /// [`fits_int8_kernels`]).
+    pub int8_kernels: bool,
+}
+
+/// Largest weight integer `|n|` of the 8-bit kernels: `vpmaddubsw` adds two u8 x i8 products
+/// in i16, exact while `2 * 255 * |n| <= 32767`.
+pub const INT8_KERNEL_WEIGHT_MAX: f64 = 64.0;
+
+/// Whether a format's integers fit the packed engine's 8-bit kernels: weights up to
+/// [`INT8_KERNEL_WEIGHT_MAX`], activations in u8 (unsigned) or i8 (signed, stored shifted).
+pub fn fits_int8_kernels(f: &NumFormat, weight: bool) -> bool {
+    let bound = match f.name {
+        crate::plan::FormatName::Int { bits } => ((1u32 << (bits - 1)) - 1) as f64,
+        crate::plan::FormatName::Afp { .. } => match f.format() {
+            Some(ff) if ff.zero_mode() == ZeroMode::Subnormal => ff.int_bound(),
+            _ => return false,
+        },
+    };
+    let signed = !matches!(f.name, crate::plan::FormatName::Afp { signed: false, .. });
+    if weight {
+        bound <= INT8_KERNEL_WEIGHT_MAX
+    } else if signed {
+        bound <= 127.0
+    } else {
+        bound <= 255.0
+    }
 }
 
 /// Relative hardware cost of a multiply in a format: the mantissa multiplier grows with
@@ -205,7 +232,15 @@ pub fn best_weights(
     bits: u32,
     o: &SearchOptions,
 ) -> Result<WeightChoice, String> {
-    let formats = o.family.candidates(bits, o.zero_mode);
+    let mut formats = o.family.candidates(bits, o.zero_mode);
+    if o.int8_kernels {
+        formats.retain(|f| fits_int8_kernels(f, true));
+        if formats.is_empty() {
+            return Err(format!(
+                "no {bits}-bit weight format of this family fits the 8-bit integer kernels"
+            ));
+        }
+    }
     if o.strategy == Strategy::Bayes && o.family == Family::Afp && formats.len() > 1 {
         let ne = formats.len();
         let mut points = Vec::new();
@@ -269,6 +304,7 @@ pub fn best_activation(
     family: Family,
     zero_mode: ZeroMode,
     penalty: f64,
+    int8_kernels: bool,
 ) -> Result<ActPlan, String> {
     let unsigned = stats.min >= 0.0;
     let formats: Vec<Format> = match family {
@@ -287,6 +323,15 @@ pub fn best_activation(
             })
             .collect(),
     };
+    let formats: Vec<Format> = formats
+        .into_iter()
+        .filter(|&f| !int8_kernels || fits_int8_kernels(&NumFormat::afp(f), false))
+        .collect();
+    if formats.is_empty() {
+        return Err(format!(
+            "no {bits}-bit activation format of this family fits the 8-bit integer kernels"
+        ));
+    }
     let absmax = stats.min.abs().max(stats.max.abs());
     if !absmax.is_finite() {
         return Err("non-finite activations in calibration".into());

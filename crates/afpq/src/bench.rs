@@ -1,4 +1,3 @@
-use crate::common;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -6,7 +5,7 @@ use std::time::Instant;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// ONNX model.
+    /// ONNX model, or quantized model (.afp).
     model: PathBuf,
     /// Batch sizes, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,8", value_parser = clap::value_parser!(u32).range(1..))]
@@ -29,6 +28,18 @@ pub struct Args {
     profile: bool,
     #[arg(long)]
     json: bool,
+    /// How a .afp model is computed: packed integer kernels where every layer has one
+    /// (auto), packed only, or simulated (f32 kernels on decoded weights).
+    #[arg(long, value_enum, default_value = "auto")]
+    engine: crate::engine_run::Engine,
+}
+
+/// Peak resident memory of this process so far (VmHWM), where the OS reports it.
+fn peak_rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 /// Deterministic standard-normal-ish input (sum of uniforms), as the peer script uses random normal data.
@@ -96,16 +107,21 @@ fn run_peer(model: &Path, batch: usize, threads: usize) -> Result<serde_json::Va
 }
 
 pub fn run(a: &Args) -> Result<()> {
-    let model = common::load_model(&a.model)?;
-    let inputs = model.input_names();
-    if inputs.len() != 1 {
-        bail!("bench supports models with one input; this one has {inputs:?}");
-    }
     let mut rows = Vec::new();
+    let mut engine = "fp32";
+    let mut kernels: std::collections::BTreeMap<&'static str, usize> = Default::default();
+    let mut packed_bytes = None;
+    // The peer runs the FP32 ONNX model: for a .afp file, the one it was quantized from.
+    let mut peer_model = a.model.clone();
     for &threads in &a.threads {
+        let mut clf = crate::engine_run::open(&a.model, threads as usize, a.engine)?;
+        clf.quiet = a.json;
+        if let Some(q) = &clf.plan {
+            peer_model = PathBuf::from(&q.plan.model);
+        }
         for &batch in &a.batch {
             let (threads, batch) = (threads as usize, batch as usize);
-            let mut s = model.session(batch, threads)?;
+            let s = clf.session(batch)?;
             let n: usize = s.graph().values[s.graph().inputs[0]].numel();
             let x = input(n);
             for _ in 0..a.warmup {
@@ -119,7 +135,15 @@ pub fn run(a: &Args) -> Result<()> {
                 times.push(t.elapsed().as_secs_f64());
             }
             if a.profile && !a.json {
-                profile(&mut s, &x)?;
+                profile(s, &x)?;
+            }
+            engine = clf.engine_used();
+            if let Some(layers) = clf.packed_layers() {
+                kernels.clear();
+                for l in &layers {
+                    *kernels.entry(l.kernel).or_default() += 1;
+                }
+                packed_bytes = Some(layers.iter().map(|l| l.weight_bytes).sum::<usize>());
             }
             let total: f64 = times.iter().sum();
             times.sort_by(|a, b| a.total_cmp(b));
@@ -131,7 +155,13 @@ pub fn run(a: &Args) -> Result<()> {
             });
             let mut line = format!("batch {batch:>3}  threads {threads:>2}  {ips:>9.1} images/s  median {:>8.2} ms/batch", median * 1e3);
             if a.peer {
-                let p = run_peer(&a.model, batch, threads)?;
+                if !peer_model.is_file() {
+                    bail!(
+                        "--peer: the FP32 model {} the .afp file was made from is not there",
+                        peer_model.display()
+                    );
+                }
+                let p = run_peer(&peer_model, batch, threads)?;
                 let pips = p["images_per_s"].as_f64().unwrap_or(f64::NAN);
                 row["peer"] = p.clone();
                 row["ratio_vs_peer"] = json!(ips / pips);
@@ -147,10 +177,29 @@ pub fn run(a: &Args) -> Result<()> {
             rows.push(row);
         }
     }
+    let peak = peak_rss_bytes();
     if a.json {
         println!(
             "{}",
-            json!({"model": a.model.display().to_string(), "engine": "afpq fp32", "results": rows})
+            json!({
+                "model": a.model.display().to_string(), "engine": engine,
+                "kernels": kernels, "packed_weight_bytes": packed_bytes,
+                "peak_rss_bytes": peak, "results": rows,
+            })
+        );
+    } else {
+        let ks: Vec<String> = kernels.iter().map(|(k, n)| format!("{n} x {k}")).collect();
+        println!(
+            "engine {engine}{}{}",
+            if ks.is_empty() {
+                String::new()
+            } else {
+                format!(" (layers: {})", ks.join(", "))
+            },
+            peak.map_or(String::new(), |p| format!(
+                "; peak memory (RSS) {:.1} MB",
+                p as f64 / 1e6
+            ))
         );
     }
     Ok(())

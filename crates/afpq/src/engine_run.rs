@@ -4,10 +4,26 @@ use afp_engine::{Model, Session};
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
 
+/// How a `.afp` model is computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Engine {
+    /// Packed integer kernels when every layer has one, else simulated (with a note).
+    Auto,
+    /// AFP integer kernels from the packed codes (no de-quantized weights).
+    Packed,
+    /// f32 kernels on weights decoded from their codes, inputs rounded to their grids.
+    Simulated,
+}
+
 pub struct Classifier {
     pub model: Model,
-    /// Applied to every lowered graph: the simulated quantized model.
+    /// Applied to every lowered graph: the quantized model, simulated or packed.
     pub plan: Option<afp_quant::QuantizedModel>,
+    pub engine: Engine,
+    /// Packed layers, built with the first session and shared by all batch sizes.
+    packed: Option<std::sync::Arc<afp_quant::packed::PackedModel>>,
+    /// Quiet: no note when `Auto` falls back to the simulated engine.
+    pub quiet: bool,
     pub threads: usize,
     sessions: HashMap<usize, Session>,
     /// C, H, W of the single input.
@@ -33,6 +49,9 @@ impl Classifier {
         Ok(Classifier {
             model,
             plan: None,
+            engine: Engine::Simulated,
+            packed: None,
+            quiet: false,
             threads,
             sessions: HashMap::new(),
             input_chw: [shape[1], shape[2], shape[3]],
@@ -60,9 +79,30 @@ impl Classifier {
                 .lower_with(batch, passes)
                 .with_context(|| format!("preparing the model for batch {batch}"))?;
             if let Some(p) = &self.plan {
-                afp_quant::apply(&mut g, p)
-                    .map_err(anyhow::Error::msg)
-                    .context("applying the quantization plan")?;
+                if self.engine != Engine::Simulated && self.packed.is_none() {
+                    match afp_quant::packed::pack(&g, p) {
+                        Ok(pm) => self.packed = Some(std::sync::Arc::new(pm)),
+                        Err(e) if self.engine == Engine::Packed => {
+                            bail!("the packed engine cannot run this model: {e}")
+                        }
+                        Err(e) => {
+                            if !self.quiet {
+                                eprintln!("note: simulated engine ({e})");
+                            }
+                            self.engine = Engine::Simulated;
+                        }
+                    }
+                }
+                match &self.packed {
+                    Some(pm) if self.engine != Engine::Simulated => {
+                        afp_quant::packed::apply_packed(&mut g, pm)
+                            .map_err(anyhow::Error::msg)
+                            .context("applying the packed layers")?
+                    }
+                    _ => afp_quant::apply(&mut g, p)
+                        .map_err(anyhow::Error::msg)
+                        .context("applying the quantization plan")?,
+                }
             }
             afp_engine::exec::check_runtime_types(&g)?;
             let s = Session::new(g, self.threads)?;
@@ -100,6 +140,21 @@ impl Classifier {
         let s = self.session(n)?;
         Ok(s.run(&[x])?.remove(0))
     }
+
+    /// The engine sessions actually run (after `Auto` chose), once a session exists.
+    pub fn engine_used(&self) -> &'static str {
+        match (&self.plan, self.engine) {
+            (None, _) => "fp32",
+            (Some(_), Engine::Simulated) => "simulated",
+            (Some(_), _) if self.packed.is_some() => "packed",
+            _ => "auto",
+        }
+    }
+
+    /// The packed layers (kernel and bytes per layer), once a packed session exists.
+    pub fn packed_layers(&self) -> Option<Vec<afp_quant::packed::PackedLayerInfo>> {
+        self.packed.as_ref().map(|p| p.layers())
+    }
 }
 
 /// Reads a `.afp` file.
@@ -107,15 +162,26 @@ pub fn read_afp(path: &std::path::Path) -> Result<afp_quant::afpfile::AfpFile> {
     afp_quant::afpfile::read(path).map_err(anyhow::Error::msg)
 }
 
-/// A classifier for a model file: an ONNX model, or a `.afp` file (simulated: weights
-/// decoded from their codes, layer inputs rounded to their formats).
-pub fn open(path: &std::path::Path, threads: usize) -> Result<Classifier> {
+/// A classifier for a model file: an ONNX model, or a `.afp` file computed by `engine`
+/// (packed integer kernels, or simulated: weights decoded from their codes, layer inputs
+/// rounded to their formats).
+pub fn open(path: &std::path::Path, threads: usize, engine: Engine) -> Result<Classifier> {
     if path.extension().is_some_and(|e| e == "afp") {
-        let f = read_afp(path)?;
-        let model = afp_engine::Model::from_proto(f.model)
+        let mut f = read_afp(path)?;
+        // The quantized weights come from the codes: lower them as untouched placeholders.
+        if let Some(g) = f.model.graph.as_mut() {
+            for t in &mut g.initializer {
+                if f.quantized_initializers.iter().any(|n| n == t.name()) {
+                    t.raw_data = Some(Vec::new());
+                }
+            }
+        }
+        let mut model = afp_engine::Model::from_proto(f.model)
             .with_context(|| format!("the model in {}", path.display()))?;
+        model.placeholders = f.quantized_initializers.into_iter().collect();
         let mut c = Classifier::new(model, threads)?;
         c.plan = Some(f.quantized);
+        c.engine = engine;
         Ok(c)
     } else {
         Classifier::new(crate::common::load_model(path)?, threads)

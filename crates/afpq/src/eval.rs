@@ -25,6 +25,10 @@ pub struct Args {
     /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
+    /// How a .afp model is computed: packed integer kernels, or simulated (f32 kernels on
+    /// decoded weights, inputs rounded to their grids); auto: packed where possible.
+    #[arg(long, value_enum, default_value = "simulated")]
+    engine: crate::engine_run::Engine,
 }
 
 pub fn run(a: &Args) -> Result<()> {
@@ -32,7 +36,8 @@ pub fn run(a: &Args) -> Result<()> {
     let ds = a.data.dataset(&src)?;
     let path = common::model_path(a.model.as_deref(), src.card.as_ref())?;
     let threads = a.threads.unwrap_or_else(common::default_threads);
-    let mut clf = crate::engine_run::open(&path, threads)?;
+    let mut clf = crate::engine_run::open(&path, threads, a.engine)?;
+    clf.quiet = a.quiet || a.json;
     clf.check_input(src.preprocess.chw())?;
     let indices = ds.first_indices(a.limit);
     let ev = clf.evaluate(&ds, &indices, &src, a.batch, "eval", a.quiet || a.json)?;
@@ -83,6 +88,7 @@ pub fn run(a: &Args) -> Result<()> {
     if a.json {
         let mut o = json!({
             "model": path.display().to_string(),
+            "engine": clf.engine_used(),
             "images": n,
             "top1": top1,
             "top5": top5,
@@ -112,7 +118,11 @@ pub fn run(a: &Args) -> Result<()> {
         }
         println!("{o}");
     } else {
-        println!("{}: {n} images", path.display());
+        println!(
+            "{}: {n} images ({} engine)",
+            path.display(),
+            clf.engine_used()
+        );
         println!(
             "top-1 {top1:.2}% ({}/{n})   top-5 {top5:.2}% ({}/{n})",
             ev.accuracy.top1, ev.accuracy.top5

@@ -74,6 +74,11 @@ pub struct QuantArgs {
     /// GPTQ damping, relative to the mean of the Hessian's diagonal.
     #[arg(long, default_value_t = 0.01)]
     pub gptq_damp: f64,
+    /// Choose only formats the packed engine runs on its fast 8-bit integer kernels: weight
+    /// integers |n| <= 64, activation integers in u8 (i8 if signed), e.g. E2M2 weights and
+    /// uE1M7 activations (hardware-aware search; `afpq bench` then runs AVX2 kernels).
+    #[arg(long)]
+    pub int8_kernels: bool,
 }
 
 #[derive(clap::Args)]
@@ -142,6 +147,7 @@ impl QuantArgs {
                 penalty: self.penalty,
                 offset_rule: self.offset.parse::<OffsetRule>()?,
                 zero_mode: self.zero_mode.parse::<ZeroMode>()?,
+                int8_kernels: self.int8_kernels,
             },
             bits: w.bits,
             avg_bits: w.avg_bits,
@@ -172,7 +178,7 @@ impl QuantArgs {
         json!({
             "bits": w.bits, "avg_bits": w.avg_bits, "format": w.format, "acts": self.acts, "avg_act_bits": self.avg_act_bits,
             "granularity": self.granularity, "objective": self.objective, "penalty": self.penalty,
-            "offset": self.offset, "act_format": self.act_format, "zero_mode": self.zero_mode,
+            "offset": self.offset, "act_format": self.act_format, "zero_mode": self.zero_mode, "int8_kernels": self.int8_kernels,
             "keep_first_last": self.keep_first_last, "bias_correct": self.bias_correct, "calib": self.calib,
             "search": self.search, "fold_bn": self.fold_bn, "rounding": self.rounding,
             "gptq_damp": (self.rounding == "gptq").then_some(self.gptq_damp),

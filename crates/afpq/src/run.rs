@@ -21,6 +21,10 @@ pub struct Args {
     /// runtime can be given exactly the same input.
     #[arg(long)]
     save_input: Option<PathBuf>,
+    /// How a .afp model is computed: packed integer kernels where every layer has one
+    /// (auto), packed only, or simulated (f32 kernels on decoded weights).
+    #[arg(long, value_enum, default_value = "auto")]
+    engine: crate::engine_run::Engine,
 }
 
 /// Class names from the card's dataset (classes.txt / synsets.txt), if there are any.
@@ -31,8 +35,9 @@ fn class_names(src: &common::DataSource, a: &DataArgs) -> Option<Vec<String>> {
 
 pub fn run(a: &Args) -> Result<()> {
     let src = a.data.source()?;
-    let mut clf =
-        crate::engine_run::open(&a.model, a.threads.unwrap_or_else(common::default_threads))?;
+    let threads = a.threads.unwrap_or_else(common::default_threads);
+    let mut clf = crate::engine_run::open(&a.model, threads, a.engine)?;
+    clf.quiet = a.json;
     clf.check_input(src.preprocess.chw())?;
     let per = src.preprocess.image_len();
     let mut x = vec![0f32; per * a.images.len()];

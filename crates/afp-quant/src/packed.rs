@@ -1,0 +1,268 @@
+//! The packed engine: a plan's layers computed on AFP integers from their codes (DESIGN.md
+//! §1, the integer view), with no de-quantized weight copy. [`pack`] turns the codes into the
+//! kernels' integer layout once; [`apply_packed`] puts the packed layers into a graph lowered
+//! for any batch size.
+
+use crate::plan::{FormatName, LayerPlan, QuantizedModel};
+use afp_engine::ir::{Graph, Op};
+use afp_format::{Format, ZeroMode};
+use afp_kernels::{ActEncoder, QConv, QGemm};
+use std::sync::Arc;
+
+/// Packed layers by node name, ready to replace the f32 nodes of a lowered graph.
+pub struct PackedModel {
+    layers: Vec<(String, Op)>,
+}
+
+/// One packed layer, for reports.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PackedLayerInfo {
+    pub node: String,
+    pub kernel: &'static str,
+    pub weight_bytes: usize,
+}
+
+impl PackedModel {
+    pub fn layers(&self) -> Vec<PackedLayerInfo> {
+        self.layers
+            .iter()
+            .map(|(node, op)| {
+                let (kernel, weight_bytes) = match op {
+                    Op::QConv(q) => (q.kernel_name(), q.weight_bytes()),
+                    Op::QGemm(q) => (q.kernel_name(), q.weight_bytes()),
+                    _ => ("", 0),
+                };
+                PackedLayerInfo {
+                    node: node.clone(),
+                    kernel,
+                    weight_bytes,
+                }
+            })
+            .collect()
+    }
+    /// Bytes of packed weights, scales and biases.
+    pub fn weight_bytes(&self) -> usize {
+        self.layers().iter().map(|l| l.weight_bytes).sum()
+    }
+}
+
+/// The weights of one layer as integers `[channels, reduction]`, their largest `|n|`, and the
+/// factor of each output channel's integer sum before the activation unit.
+fn weight_integers(
+    lp: &LayerPlan,
+    codes: &[u8],
+    channels: usize,
+    k: usize,
+) -> Result<(Vec<i32>, u32, Vec<f64>), String> {
+    if codes.len() != channels * k {
+        return Err(format!(
+            "{} codes for {channels} x {k} weights",
+            codes.len()
+        ));
+    }
+    let groups = match lp.weight.granularity.as_str() {
+        "tensor" => 1,
+        "channel" => channels,
+        g => {
+            return Err(format!(
+                "granularity {g:?}: the packed engine needs one offset or scale per output channel or tensor"
+            ))
+        }
+    };
+    let per_group = |r: usize| if groups == 1 { 0 } else { r };
+    match lp.weight.format.name {
+        FormatName::Afp { .. } => {
+            let f = lp.weight.format.format().ok_or("invalid weight format")?;
+            if f.zero_mode() != ZeroMode::Subnormal {
+                return Err("the packed engine needs the Subnormal zero mode".into());
+            }
+            let bound = f.int_bound();
+            if bound > i32::MAX as f64 {
+                return Err(format!("{} has integers beyond i32", f.name()));
+            }
+            let lut: Vec<i32> = (0..f.code_count())
+                .map(|c| f.integer(c as u8).map(|v| v as i32).unwrap_or(0))
+                .collect();
+            if lp.weight.offsets.len() != groups {
+                return Err(format!(
+                    "{} offsets for {groups} groups",
+                    lp.weight.offsets.len()
+                ));
+            }
+            let ints = codes
+                .iter()
+                .map(|&c| lut[c as usize & (f.code_count() - 1)])
+                .collect();
+            let scale = (0..channels)
+                .map(|r| 2f64.powi(lp.weight.offsets[per_group(r)] - f.man_bits() as i32))
+                .collect();
+            Ok((ints, bound as u32, scale))
+        }
+        FormatName::Int { bits } => {
+            if !(2..=8).contains(&bits) || lp.weight.scales.len() != groups {
+                return Err(format!(
+                    "INT{bits} with {} scales for {groups} groups",
+                    lp.weight.scales.len()
+                ));
+            }
+            let shift = 32 - bits;
+            let ints = codes
+                .iter()
+                .map(|&c| ((c as i32) << shift) >> shift)
+                .collect();
+            let scale = (0..channels)
+                .map(|r| lp.weight.scales[per_group(r)] as f64)
+                .collect();
+            Ok((ints, (1u32 << (bits - 1)) - 1, scale))
+        }
+    }
+}
+
+/// Packs every planned layer of `g` (the graph the plan applies to, lowered for any batch).
+pub fn pack(g: &Graph, q: &QuantizedModel) -> Result<PackedModel, String> {
+    if q.codes.len() != q.plan.layers.len() {
+        return Err(format!(
+            "{} code tensors for {} planned layers",
+            q.codes.len(),
+            q.plan.layers.len()
+        ));
+    }
+    let mut layers = Vec::with_capacity(q.plan.layers.len());
+    for (lp, codes) in q.plan.layers.iter().zip(&q.codes) {
+        let what = |e: String| format!("layer {:?}: {e}", lp.node);
+        let node = g.nodes.iter().find(|n| n.name == lp.node).ok_or_else(|| {
+            what("not in the model (was the plan made for another model?)".into())
+        })?;
+        let &w_id = node
+            .inputs
+            .get(1)
+            .ok_or_else(|| what("no weight input".into()))?;
+        let wshape = &g.values[w_id].shape;
+        if *wshape != lp.weight_shape {
+            return Err(what(format!(
+                "weight shape {wshape:?} in the model, {:?} in the plan",
+                lp.weight_shape
+            )));
+        }
+        let a = lp.act.as_ref().ok_or_else(|| {
+            what("has no activation format: the packed engine computes on quantized activations (quantize with --acts 8, or run with --engine simulated)".into())
+        })?;
+        let af: Format = a
+            .format
+            .format()
+            .ok_or_else(|| what("invalid activation format".into()))?;
+        if af.zero_mode() != ZeroMode::Subnormal {
+            return Err(what(
+                "the packed engine needs the Subnormal zero mode".into(),
+            ));
+        }
+        let a_unit = a.offset - af.man_bits() as i32;
+        let enc = ActEncoder::new(a_unit, af.man_bits(), af.int_bound() as u64, af.is_signed())
+            .filter(|_| af.int_bound() <= i32::MAX as f64)
+            .ok_or_else(|| {
+                what(format!(
+                    "activation format {} at offset {} has no integer encoder",
+                    af.name(),
+                    a.offset
+                ))
+            })?;
+        // Gemm/MatMul: the plan's codes are [out features, k]; Conv: [c_out, c_in/g*kh*kw].
+        let (channels, k) = match &node.op {
+            Op::Conv { conv, .. } => (conv.c_out, conv.c_in / conv.group * conv.kh * conv.kw),
+            Op::Gemm { trans_b: true, .. } => (wshape[0], wshape[1]),
+            Op::Gemm { trans_b: false, .. } | Op::MatMul { .. } => (wshape[1], wshape[0]),
+            other => return Err(what(format!("{} has no packed kernel", other.name()))),
+        };
+        let (ints, w_max, w_scale) = weight_integers(lp, codes, channels, k).map_err(what)?;
+        let a_scale = 2f64.powi(a_unit);
+        let alpha = match &node.op {
+            Op::Gemm { alpha, .. } => *alpha as f64,
+            _ => 1.0,
+        };
+        let mult: Vec<f32> = w_scale
+            .iter()
+            .map(|s| (s * a_scale * alpha) as f32)
+            .collect();
+        if mult.iter().any(|m| !m.is_normal()) {
+            return Err(what(
+                "the product of weight and activation units is not a normal f32".into(),
+            ));
+        }
+        let bias_const = |id: usize, beta: f32| -> Result<Vec<f32>, String> {
+            let d = g
+                .const_f32(id)
+                .ok_or_else(|| what("non-constant bias".into()))?;
+            match d.len() {
+                1 => Ok(vec![d[0] * beta; channels]),
+                n if n == channels => Ok(d.iter().map(|v| v * beta).collect()),
+                n => Err(what(format!("bias of {n} values for {channels} outputs"))),
+            }
+        };
+        let mut bias = match &node.op {
+            Op::Conv { .. } => node
+                .inputs
+                .get(2)
+                .map(|&b| bias_const(b, 1.0))
+                .transpose()?,
+            Op::Gemm { beta, .. } => node
+                .inputs
+                .get(2)
+                .map(|&b| bias_const(b, *beta))
+                .transpose()?,
+            _ => None,
+        };
+        if let Some(corr) = &lp.bias_correction {
+            if corr.len() != channels {
+                return Err(what(
+                    "bias correction length differs from the outputs".into(),
+                ));
+            }
+            let b = bias.get_or_insert_with(|| vec![0.0; channels]);
+            for (b, c) in b.iter_mut().zip(corr) {
+                *b += c;
+            }
+        }
+        let op = match &node.op {
+            Op::Conv { conv, act } => Op::QConv(Arc::new(
+                QConv::new(conv.clone(), &ints, w_max, enc, mult, bias, *act).map_err(what)?,
+            )),
+            Op::Gemm { trans_a: true, .. } => {
+                return Err(what("Gemm with transA has no packed kernel".into()))
+            }
+            Op::Gemm { act, .. } | Op::MatMul { act } => Op::QGemm(Arc::new(
+                QGemm::new(channels, k, &ints, w_max, enc, mult, bias, *act).map_err(what)?,
+            )),
+            _ => unreachable!("checked above"),
+        };
+        layers.push((lp.node.clone(), op));
+    }
+    Ok(PackedModel { layers })
+}
+
+/// Replaces the planned nodes of `g` by their packed layers; weights and biases they no
+/// longer read are dropped from the graph.
+pub fn apply_packed(g: &mut Graph, p: &PackedModel) -> Result<(), String> {
+    for (name, op) in &p.layers {
+        let k = g
+            .nodes
+            .iter()
+            .position(|n| &n.name == name)
+            .ok_or_else(|| format!("layer {name:?} is not in the model"))?;
+        let n = &mut g.nodes[k];
+        if let (Op::QGemm(_), Op::Gemm { .. } | Op::MatMul { .. })
+        | (Op::QConv(_), Op::Conv { .. }) = (op, &n.op)
+        {
+        } else {
+            return Err(format!("layer {name:?} is a {} in this graph", n.op.name()));
+        }
+        n.op = op.clone();
+        let dropped: Vec<usize> = n.inputs.drain(1..).collect();
+        let uses = g.use_counts();
+        for v in dropped {
+            if uses[v] == 0 {
+                g.values[v].konst = None;
+            }
+        }
+    }
+    Ok(())
+}
