@@ -48,6 +48,29 @@ impl ActEncoder {
         self.signed
     }
 
+    /// Whether every step of the grid is one unit (`E <= 1`: `max < 2^(M+1)`); then
+    /// [`ActEncoder::encode_uniform`] applies.
+    pub fn is_uniform(&self) -> bool {
+        // The bound 2^22 keeps `round_even_small` exact.
+        (self.max as i64) < (2i64 << self.man_bits) && self.max < (1 << 22)
+    }
+
+    /// [`ActEncoder::encode`] for uniform grids ([`ActEncoder::is_uniform`]): a clamp and a
+    /// rounding, branch-free enough to vectorize.
+    #[inline(always)]
+    pub fn encode_uniform(&self, x: f32) -> i32 {
+        let a = x * self.inv_unit;
+        let (lo, hi) = (
+            if self.signed { -self.max as f32 } else { 0.0 },
+            self.max as f32,
+        );
+        // NaN fails `a < hi` and goes to max, as in the grid.
+        let c = round_even_small(if a < hi { a.max(lo) } else { hi });
+        // SAFETY: c is finite and within [-max, max], max <= i32::MAX (checked in `new`).
+        // (The checked `as` cast keeps the loop from vectorizing.)
+        unsafe { c.to_int_unchecked::<i32>() }
+    }
+
     #[inline]
     pub fn encode(&self, x: f32) -> i32 {
         if x < 0.0 && !self.signed {
@@ -71,7 +94,7 @@ impl ActEncoder {
                     1.0
                 }
             } else {
-                s.round_ties_even()
+                round_even_small(s)
             };
             ((r * step) as i32).min(self.max)
         } else {
@@ -83,6 +106,15 @@ impl ActEncoder {
             n
         }
     }
+}
+
+/// Rounds `|v| < 2^22` to the nearest integer, ties to even: adding and removing 1.5 * 2^23
+/// leaves no fraction bits in f32's default rounding mode. (`f32::round_ties_even` is a libm
+/// call on baseline x86-64, far slower in the encoding loop.)
+#[inline(always)]
+fn round_even_small(v: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
+    (v + MAGIC) - MAGIC
 }
 
 /// How a layer's activation integers are stored for the kernels.
@@ -156,13 +188,40 @@ fn act_store(
 pub struct QScratch {
     quads_u8: Vec<u8>,
     quads_i16: Vec<i16>,
-    cols_u8: Vec<u8>,
-    cols_i16: Vec<i16>,
 }
 
 thread_local! {
     static PLANE: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };
+    static BLOCK_U8: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    static BLOCK_I16: RefCell<Vec<i16>> = const { RefCell::new(Vec::new()) };
 }
+
+/// Activation elements with a per-thread buffer for packed panel blocks.
+trait BlockBuf: ActInt {
+    fn with_block<R>(f: impl FnOnce(&mut Vec<Self>) -> R) -> R;
+    /// The values as bytes, for the u8 path's matrix-vector kernel.
+    fn as_u8(s: &[Self]) -> Option<&[u8]>;
+}
+impl BlockBuf for u8 {
+    fn with_block<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+        BLOCK_U8.with(|b| f(&mut b.borrow_mut()))
+    }
+    fn as_u8(s: &[u8]) -> Option<&[u8]> {
+        Some(s)
+    }
+}
+impl BlockBuf for i16 {
+    fn with_block<R>(f: impl FnOnce(&mut Vec<i16>) -> R) -> R {
+        BLOCK_I16.with(|b| f(&mut b.borrow_mut()))
+    }
+    fn as_u8(_: &[i16]) -> Option<&[u8]> {
+        None
+    }
+}
+
+/// Up to this many output pixels (batch rows of a Gemm), a plain 1x1 product runs as
+/// matrix-vector products, one column at a time.
+const GEMV_MAX_COLS: usize = 4;
 
 /// Where a layer's input elements are: image `i`, channel `c`, pixel `p` at
 /// `i * img + c * chan + p * pix`.
@@ -369,24 +428,13 @@ impl QConv {
                 zero_corr.as_deref(),
                 zero,
                 &mut scratch.quads_u8,
-                &mut scratch.cols_u8,
-                |v| (v + zero as i32) as u8,
             ),
-            ActStore::I16 => self.run_typed(
-                io,
-                out,
-                groups,
-                None,
-                0i16,
-                &mut scratch.quads_i16,
-                &mut scratch.cols_i16,
-                |v| v as i16,
-            ),
+            ActStore::I16 => self.run_typed(io, out, groups, None, 0i16, &mut scratch.quads_i16),
         }
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn run_typed<T: ActInt>(
+    fn run_typed<T: BlockBuf>(
         &self,
         io: Io<'_>,
         out: &mut [f32],
@@ -394,8 +442,6 @@ impl QConv {
         zero_corr: Option<&[i64]>,
         zero: T,
         quads: &mut Vec<T>,
-        cols: &mut Vec<T>,
-        store: impl Fn(i32) -> T + Sync,
     ) {
         let Io {
             n,
@@ -419,50 +465,19 @@ impl QConv {
         let plane = cq * hw * 4;
         quads.clear();
         quads.resize(n * g * plane + NR * 4, zero);
-        let enc = &self.enc;
-        quads[..n * g * plane]
-            .par_chunks_mut(hw * 4)
-            .enumerate()
-            .for_each(|(idx, dst)| {
-                let (ig, q) = (idx / cq, idx % cq);
-                let (img, gi) = (ig / g, ig % g);
-                for t in 0..4 {
-                    let ci = 4 * q + t;
-                    if ci >= cig {
-                        break; // padding channels keep the zero code
-                    }
-                    let base = img * inl.img + (gi * cig + ci) * inl.chan;
-                    if inl.pix == 1 {
-                        for (p, &x) in input[base..base + hw].iter().enumerate() {
-                            dst[p * 4 + t] = store(enc.encode(x));
-                        }
-                    } else {
-                        for p in 0..hw {
-                            dst[p * 4 + t] = store(enc.encode(input[base + p * inl.pix]));
-                        }
-                    }
-                }
-            });
-        // 2. im2col panels `[image][group][panel][quad][col][4]` for all but plain 1x1.
+        let enc = self.enc;
+        let dst = &mut quads[..n * g * plane];
+        let shape = (n, g, cig, cq, hw);
+        encode_quads(dst, input, inl, shape, &enc, zero);
+        // 2. Multiply, in tasks of (image and group, block of columns, rows). Each task packs
+        // its block of activation panels (a copy of channel quads for a plain 1x1, im2col
+        // otherwise) into a per-thread buffer that stays in L2, then runs every weight panel
+        // of its rows over it. Rows are split only when there are too few blocks for the
+        // threads, which repeats the (small) packing.
         let direct = c.kh == 1 && c.kw == 1 && c.stride == [1, 1] && c.pads == [0; 4];
         let npanels = ohw.div_ceil(NR);
         let panel_len = kq * NR * 4;
-        if !direct {
-            cols.clear();
-            cols.resize(n * g * npanels * panel_len, zero);
-            let quads: &[T] = quads;
-            cols.par_chunks_mut(panel_len)
-                .enumerate()
-                .for_each(|(idx, dst)| {
-                    let (ig, p) = (idx / npanels, idx % npanels);
-                    let src = &quads[ig * plane..(ig + 1) * plane];
-                    gather_panel(c, src, zero, (h, w, ow), cq, ohw, p * NR, dst);
-                });
-        }
         let quads: &[T] = quads;
-        let cols: &[T] = cols;
-        // 3. Multiply. Columns in blocks whose panels stay in L2; rows split further when
-        // there are too few blocks for the threads.
         let elem = std::mem::size_of::<T>();
         let per_block = (160 * 1024 / (panel_len * elem).max(1)).clamp(1, npanels.max(1));
         let blocks = npanels.div_ceil(per_block);
@@ -481,6 +496,45 @@ impl QConv {
                     .collect::<Vec<_>>()
             })
             .collect();
+        if direct && ohw <= GEMV_MAX_COLS && matches!(groups[0], PackedWeights::U8I8(..)) {
+            if let Some(qb) = T::as_u8(quads) {
+                // Memory bound: split the rows finely so both threads stream weights.
+                let chunks = (4 * threads).clamp(1, row_panels);
+                let rows_per = row_panels.div_ceil(chunks) * MR;
+                let tasks: Vec<(usize, std::ops::Range<usize>)> = (0..n * g)
+                    .flat_map(|ig| {
+                        (0..cog)
+                            .step_by(rows_per)
+                            .map(move |r0| (ig, r0..(r0 + rows_per).min(cog)))
+                    })
+                    .collect();
+                tasks.into_par_iter().for_each(|(ig, rows)| {
+                    let gi = ig % g;
+                    let row0 = gi * cog;
+                    let ep = Epilogue {
+                        mult: &self.mult[row0..row0 + cog],
+                        bias: self.bias.as_ref().map(|b| &b[row0..row0 + cog]),
+                        act: self.act,
+                        zero_corr: zero_corr.map(|z| &z[row0..row0 + cog]),
+                    };
+                    let src = &qb[ig * plane..(ig + 1) * plane];
+                    let mut xe = Vec::new();
+                    for j in 0..ohw {
+                        let quad = |q: usize| -> [u8; 4] {
+                            let i = (q * hw + j) * 4;
+                            [src[i], src[i + 1], src[i + 2], src[i + 3]]
+                        };
+                        crate::qgemm::expand_column((0..kq).map(quad), kq, &mut xe);
+                        // SAFETY: tasks partition (image, group, rows); each writes its rows
+                        // of every column once.
+                        unsafe {
+                            crate::qgemm::gemv(&groups[gi], &xe, rows.clone(), j, &ep, outs[ig])
+                        };
+                    }
+                });
+                return;
+            }
+        }
         let mut tasks = Vec::new();
         for ig in 0..n * g {
             for b in 0..blocks {
@@ -498,34 +552,42 @@ impl QConv {
                 act: self.act,
                 zero_corr: zero_corr.map(|z| &z[row0..row0 + cog]),
             };
-            let colr = b * per_block * NR..((b + 1) * per_block * NR).min(ohw);
-            let (panels, off0) = if direct {
-                (
-                    T::panels(Panels {
-                        data: quads,
-                        quad_stride: hw * 4,
-                    }),
-                    ig * plane,
-                )
-            } else {
-                (
-                    T::panels(Panels {
-                        data: cols,
-                        quad_stride: NR * 4,
-                    }),
-                    ig * npanels * panel_len,
-                )
-            };
-            let off = |j0: usize| {
+            let p0 = b * per_block;
+            let np = per_block.min(npanels - p0);
+            let colr = p0 * NR..((p0 + np) * NR).min(ohw);
+            // The image's quads, and one panel of slack past them (the buffer has it at its
+            // end): a partial last panel copies columns it never stores.
+            let src = &quads[ig * plane..(ig * plane + plane + NR * 4).min(quads.len())];
+            T::with_block(|buf| {
+                buf.clear();
+                buf.resize(np * panel_len, zero);
                 if direct {
-                    off0 + j0 * 4
+                    // Quad by quad, so each read of the source is one contiguous run.
+                    for q in 0..kq {
+                        let run = &src[q * hw * 4 + p0 * NR * 4..][..np * NR * 4];
+                        for (bp, v) in run.chunks_exact(NR * 4).enumerate() {
+                            let d: &mut [T; NR * 4] = (&mut buf[bp * panel_len + q * NR * 4..]
+                                [..NR * 4])
+                                .try_into()
+                                .expect("one panel row");
+                            let v: &[T; NR * 4] = v.try_into().expect("one panel row");
+                            *d = *v;
+                        }
+                    }
                 } else {
-                    off0 + (j0 / NR) * panel_len
+                    for (bp, dst) in buf.chunks_mut(panel_len).enumerate() {
+                        gather_panel(c, src, zero, (h, w, ow), cq, ohw, (p0 + bp) * NR, dst);
+                    }
                 }
-            };
-            // SAFETY: tasks partition (image, group, rows, columns); each output element is
-            // written by exactly one task, through the OutPtr of its image and group.
-            unsafe { compute(&groups[gi], panels, off, rows, colr, &ep, outs[ig]) };
+                let panels = T::panels(Panels {
+                    data: buf,
+                    quad_stride: NR * 4,
+                });
+                let off = |j0: usize| (j0 / NR - p0) * panel_len;
+                // SAFETY: tasks partition (image, group, rows, columns); each output element
+                // is written by exactly one task, through the OutPtr of its image and group.
+                unsafe { compute(&groups[gi], panels, off, rows, colr, &ep, outs[ig]) };
+            });
         });
     }
 
@@ -577,6 +639,104 @@ impl QConv {
             });
         });
     }
+}
+
+/// Encodes a layer input into channel quads `[image][group][quad][pixel][4]`; padding
+/// channels keep what `dst` holds (the zero code).
+fn encode_quads<T: ActInt>(
+    dst: &mut [T],
+    input: &[f32],
+    inl: InLayout,
+    (n, g, cig, cq, hw): (usize, usize, usize, usize, usize),
+    enc: &ActEncoder,
+    zero: T,
+) {
+    debug_assert_eq!(dst.len(), n * g * cq * hw * 4);
+    let avx2 = crate::qgemm::avx2_available();
+    dst.par_chunks_mut(hw * 4)
+        .enumerate()
+        .for_each(|(idx, dst)| {
+            let (ig, q) = (idx / cq, idx % cq);
+            let (img, gi) = (ig / g, ig % g);
+            let chans = cig.saturating_sub(4 * q).min(4);
+            let base = img * inl.img + (gi * cig + 4 * q) * inl.chan;
+            let src = QuadSource {
+                input,
+                base,
+                chan: inl.chan,
+                pix: inl.pix,
+                chans,
+            };
+            if avx2 {
+                // SAFETY: AVX2 is present (checked at run time just above).
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    encode_quad_avx2(enc, zero, &src, dst)
+                };
+                #[cfg(not(target_arch = "x86_64"))]
+                encode_quad(enc, zero, &src, dst);
+            } else {
+                encode_quad(enc, zero, &src, dst);
+            }
+        });
+}
+
+/// The up to 4 channels of one quad of a layer input.
+struct QuadSource<'a> {
+    input: &'a [f32],
+    base: usize,
+    chan: usize,
+    pix: usize,
+    chans: usize,
+}
+
+/// Encodes one quad `dst: [pixel][4]`, in runs of 64 pixels: gather each channel's run,
+/// encode it contiguously (vectorizes), then interleave into whole 4-byte pixels.
+#[inline(always)]
+fn encode_quad<T: ActInt>(enc: &ActEncoder, zero: T, src: &QuadSource<'_>, dst: &mut [T]) {
+    let hw = dst.len() / 4;
+    let z = zero.widen() as i32;
+    let uniform = enc.is_uniform();
+    let mut xs = [0f32; 64];
+    let mut tmp = [[zero; 64]; 4];
+    for p0 in (0..hw).step_by(64) {
+        let len = (hw - p0).min(64);
+        for (t, tmp) in tmp.iter_mut().enumerate().take(src.chans) {
+            let b = src.base + t * src.chan + p0 * src.pix;
+            if src.pix == 1 {
+                xs[..len].copy_from_slice(&src.input[b..b + len]);
+            } else {
+                for (p, x) in xs[..len].iter_mut().enumerate() {
+                    *x = src.input[b + p * src.pix];
+                }
+            }
+            if uniform {
+                for (d, &x) in tmp[..len].iter_mut().zip(&xs) {
+                    *d = T::from_i32(enc.encode_uniform(x) + z);
+                }
+            } else {
+                for (d, &x) in tmp[..len].iter_mut().zip(&xs) {
+                    *d = T::from_i32(enc.encode(x) + z);
+                }
+            }
+        }
+        T::interleave4(&tmp, len, &mut dst[p0 * 4..(p0 + len) * 4]);
+    }
+}
+
+/// [`encode_quad`] compiled for AVX2 (8 lanes instead of SSE2's 4).
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn encode_quad_avx2<T: ActInt>(
+    enc: &ActEncoder,
+    zero: T,
+    src: &QuadSource<'_>,
+    dst: &mut [T],
+) {
+    encode_quad(enc, zero, src, dst)
 }
 
 /// im2col of one panel: columns `j0..j0+NR` (output pixels) of one image and group, from its
@@ -746,7 +906,11 @@ mod tests {
                         for &x in &xs {
                             let want = f.integer(g.encode_finite(x)).unwrap() as i32;
                             assert_eq!(enc.encode(x), want, "{} t={t} x={x}", f.name());
+                            if enc.is_uniform() {
+                                assert_eq!(enc.encode_uniform(x), want, "{} t={t} x={x}", f.name());
+                            }
                         }
+                        assert_eq!(enc.is_uniform(), e <= 1, "{}", f.name());
                         let want = f.integer(g.encode_finite(f32::NAN)).unwrap() as i32;
                         assert_eq!(enc.encode(f32::NAN), want, "{} NaN", f.name());
                     }
@@ -904,25 +1068,28 @@ mod tests {
     /// A Gemm equals the reference on a batch, with the batch as pixels.
     #[test]
     fn qgemm_matches_the_integer_reference() {
-        let (m, k, batch) = (37, 70, 5);
+        let (m, k) = (37, 70);
         let mut seed = 3;
         let wt: Vec<i32> = (0..m * k)
             .map(|_| (lcg(&mut seed) % 25) as i32 - 12)
             .collect();
-        let x: Vec<f32> = (0..batch * k)
-            .map(|_| (lcg(&mut seed) % 1000) as f32 / 100.0)
-            .collect();
         let enc = ActEncoder::new(-5, 7, 255, false).unwrap();
         let mult = vec![0.125f32; m];
         let q = QGemm::new(m, k, &wt, 12, enc, mult, None, Activation::None).unwrap();
-        let mut got = vec![0f32; batch * m];
-        q.run(batch, &x, &mut got, &mut QScratch::default());
-        for b in 0..batch {
-            for r in 0..m {
-                let acc: i64 = (0..k)
-                    .map(|kk| enc.encode(x[b * k + kk]) as i64 * wt[r * k + kk] as i64)
-                    .sum();
-                assert_eq!(got[b * m + r], acc as f32 * 0.125);
+        // Batches 1 and 2 take the matrix-vector path, 5 the tiled one.
+        for batch in [1, 2, 5] {
+            let x: Vec<f32> = (0..batch * k)
+                .map(|_| (lcg(&mut seed) % 1000) as f32 / 100.0)
+                .collect();
+            let mut got = vec![0f32; batch * m];
+            q.run(batch, &x, &mut got, &mut QScratch::default());
+            for b in 0..batch {
+                for r in 0..m {
+                    let acc: i64 = (0..k)
+                        .map(|kk| enc.encode(x[b * k + kk]) as i64 * wt[r * k + kk] as i64)
+                        .sum();
+                    assert_eq!(got[b * m + r], acc as f32 * 0.125, "batch {batch}");
+                }
             }
         }
     }

@@ -26,25 +26,24 @@ pub const NR: usize = 16;
 /// Integer element types of packed operands.
 pub trait Int: Copy + Default + Send + Sync + 'static {
     fn widen(self) -> i64;
+    /// `v as Self` (callers keep `v` in range).
+    fn from_i32(v: i32) -> Self;
 }
-impl Int for i8 {
-    #[inline(always)]
-    fn widen(self) -> i64 {
-        self as i64
-    }
+macro_rules! int_impl {
+    ($($t:ty),*) => {$(
+        impl Int for $t {
+            #[inline(always)]
+            fn widen(self) -> i64 {
+                self as i64
+            }
+            #[inline(always)]
+            fn from_i32(v: i32) -> Self {
+                v as $t
+            }
+        }
+    )*};
 }
-impl Int for u8 {
-    #[inline(always)]
-    fn widen(self) -> i64 {
-        self as i64
-    }
-}
-impl Int for i16 {
-    #[inline(always)]
-    fn widen(self) -> i64 {
-        self as i64
-    }
-}
+int_impl!(i8, u8, i16);
 
 /// Weights `[m, 4 * kq]` packed in panels of [`MR`] rows: element `(r, kk)` of panel `p` is at
 /// `p * kq * MR * 4 + (kk / 4) * MR * 4 + r * 4 + kk % 4`. Rows past `m` are zero.
@@ -60,7 +59,8 @@ impl<T: Int> PackedA<T> {
     pub fn new(m: usize, kq: usize, w: &[T]) -> PackedA<T> {
         let k = 4 * kq;
         assert_eq!(w.len(), m * k, "qgemm: weight length");
-        let mut data = vec![T::default(); m.div_ceil(MR) * kq * MR * 4];
+        // 16 values of slack: the matrix-vector kernel reads whole 32-byte pairs of quads.
+        let mut data = vec![T::default(); m.div_ceil(MR) * kq * MR * 4 + 16];
         for r in 0..m {
             let base = (r / MR) * kq * MR * 4 + (r % MR) * 4;
             for (kk, &v) in w[r * k..(r + 1) * k].iter().enumerate() {
@@ -73,6 +73,12 @@ impl<T: Int> PackedA<T> {
     fn panel(&self, p: usize) -> &[T] {
         let len = self.kq * MR * 4;
         &self.data[p * len..(p + 1) * len]
+    }
+
+    /// Panel `p` and everything after it (the matrix-vector kernel may read 16 values past
+    /// the panel's end, where they are multiplied by zeros).
+    fn panel_from(&self, p: usize) -> &[T] {
+        &self.data[p * self.kq * MR * 4..]
     }
 
     pub fn bytes(&self) -> usize {
@@ -214,15 +220,37 @@ pub enum ActPanels<'a> {
 /// Element types of activation panels.
 pub trait ActInt: Int {
     fn panels(p: Panels<'_, Self>) -> ActPanels<'_>;
+    /// `dst[4p + t] = rows[t][p]` for `p < len`: channel rows into channel quads, as whole
+    /// words so the loop vectorizes.
+    fn interleave4(rows: &[[Self; 64]; 4], len: usize, dst: &mut [Self]);
 }
 impl ActInt for u8 {
     fn panels(p: Panels<'_, u8>) -> ActPanels<'_> {
         ActPanels::U8(p)
     }
+    #[inline(always)]
+    fn interleave4(rows: &[[u8; 64]; 4], len: usize, dst: &mut [u8]) {
+        let mut words = [0u32; 64];
+        for (p, w) in words.iter_mut().enumerate() {
+            *w = rows[0][p] as u32
+                | (rows[1][p] as u32) << 8
+                | (rows[2][p] as u32) << 16
+                | (rows[3][p] as u32) << 24;
+        }
+        for (d, w) in dst.chunks_exact_mut(4).zip(&words[..len]) {
+            d.copy_from_slice(&w.to_le_bytes());
+        }
+    }
 }
 impl ActInt for i16 {
     fn panels(p: Panels<'_, i16>) -> ActPanels<'_> {
         ActPanels::I16(p)
+    }
+    #[inline(always)]
+    fn interleave4(rows: &[[i16; 64]; 4], len: usize, dst: &mut [i16]) {
+        for (p, d) in dst.chunks_exact_mut(4).enumerate().take(len) {
+            d.copy_from_slice(&[rows[0][p], rows[1][p], rows[2][p], rows[3][p]]);
+        }
     }
 }
 
@@ -356,6 +384,119 @@ fn tile(w: &PackedWeights, p: usize, b: ActPanels<'_>, off: usize) -> Tile {
     }
 }
 
+/// One activation column for [`gemv`]: quad `q` (4 consecutive k) repeated for the 4 rows
+/// of a panel, `[quad][row][4]`, plus 16 zeros of slack.
+pub fn expand_column(x_quads: impl Iterator<Item = [u8; 4]>, kq: usize, dst: &mut Vec<u8>) {
+    dst.clear();
+    dst.reserve(kq * 16 + 16);
+    for q in x_quads.take(kq) {
+        for _ in 0..MR {
+            dst.extend_from_slice(&q);
+        }
+    }
+    dst.resize(kq * 16 + 16, 0);
+}
+
+/// Sums of one `u8 x i8` weight panel against one expanded column, AVX2: 32 products per
+/// `vpmaddubsw` with all lanes used (two quads of four rows).
+///
+/// # Safety
+/// AVX2 present; `a` holds at least `kq * 16 + 16` values; `xe` too (both asserted by the caller).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn panel_dot_avx2(a: &[i8], xe: &[u8], kq: usize) -> [i32; MR] {
+    use std::arch::x86_64::*;
+    let (ap, xp) = (a.as_ptr(), xe.as_ptr());
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_si256(); 4];
+    let mut qq = 0;
+    // SAFETY (all loads): 32 bytes at qq*16 with qq < kq, within kq*16 + 16 (asserted).
+    while qq + 8 <= kq {
+        for (u, acc_u) in acc.iter_mut().enumerate() {
+            let o = (qq + 2 * u) * 16;
+            let av = _mm256_loadu_si256(ap.add(o) as *const __m256i);
+            let xv = _mm256_loadu_si256(xp.add(o) as *const __m256i);
+            *acc_u = _mm256_add_epi32(
+                *acc_u,
+                _mm256_madd_epi16(_mm256_maddubs_epi16(xv, av), ones),
+            );
+        }
+        qq += 8;
+    }
+    while qq < kq {
+        // A trailing odd quad pairs with 16 zeros of the expanded column's slack.
+        let av = _mm256_loadu_si256(ap.add(qq * 16) as *const __m256i);
+        let xv = _mm256_loadu_si256(xp.add(qq * 16) as *const __m256i);
+        acc[0] = _mm256_add_epi32(
+            acc[0],
+            _mm256_madd_epi16(_mm256_maddubs_epi16(xv, av), ones),
+        );
+        qq += 2;
+    }
+    let s = _mm256_add_epi32(
+        _mm256_add_epi32(acc[0], acc[1]),
+        _mm256_add_epi32(acc[2], acc[3]),
+    );
+    let r = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
+    let mut out = [0i32; MR];
+    // SAFETY: 4 i32 into a 4-element array.
+    _mm_storeu_si128(out.as_mut_ptr() as *mut __m128i, r);
+    out
+}
+
+/// Rows `rows` of `w` (u8 x i8 path) times one activation column `xe` (see
+/// [`expand_column`]), stored as column `col` through `ep`. Memory bound: each weight byte is
+/// read once and used for one product.
+///
+/// # Safety
+/// No other thread may touch the output elements of `rows` in column `col` during the call.
+pub unsafe fn gemv(
+    w: &PackedWeights,
+    xe: &[u8],
+    rows: std::ops::Range<usize>,
+    col: usize,
+    ep: &Epilogue<'_>,
+    out: OutPtr,
+) {
+    let PackedWeights::U8I8(a, kern) = w else {
+        panic!("qgemm: gemv needs the u8 x i8 path");
+    };
+    let kq = a.kq;
+    assert!(xe.len() >= kq * 16 + 16, "qgemm: short expanded column");
+    for p in (rows.start / MR)..rows.end.div_ceil(MR) {
+        let panel = a.panel_from(p);
+        assert!(panel.len() >= kq * 16 + 16);
+        let sums: [i32; MR] = match kern {
+            #[cfg(target_arch = "x86_64")]
+            U8I8Kernel::Avx2Pair | U8I8Kernel::Avx2Quad => {
+                // SAFETY: chosen only with AVX2 present (pair sums exact, as for the tile
+                // kernel); both operands hold kq * 16 + 16 values (asserted above).
+                unsafe { panel_dot_avx2(panel, xe, kq) }
+            }
+            _ => {
+                let mut s = [0i32; MR];
+                for q in 0..kq {
+                    for (r, s) in s.iter_mut().enumerate() {
+                        for t in 0..4 {
+                            let i = q * 16 + r * 4 + t;
+                            *s += panel[i] as i32 * xe[i] as i32;
+                        }
+                    }
+                }
+                s
+            }
+        };
+        let r0 = p * MR;
+        let nrows = (rows.end.min(a.m) - r0).min(MR);
+        let mut t = [[0i32; NR]; MR];
+        for (t, s) in t.iter_mut().zip(sums) {
+            t[0] = s;
+        }
+        // SAFETY: forwarded contract.
+        unsafe { store_tile(&Tile::I32(t), r0, nrows, col, 1, ep, out) };
+    }
+}
+
 /// What follows the integer sum, per output row `r`: `act((sum - zero_corr[r]) * mult[r] +
 /// bias[r])`.
 pub struct Epilogue<'a> {
@@ -426,9 +567,18 @@ unsafe fn store_tile(
                 }
             }
         }
-        ep.act.apply_slice(&mut v[..cols]);
+        // The common activations inline on the whole (fixed-size) row.
+        match ep.act {
+            Activation::None => {}
+            Activation::Relu => v.iter_mut().for_each(|x| *x = x.max(0.0)),
+            Activation::Clip { min, max } => v.iter_mut().for_each(|x| *x = x.max(min).min(max)),
+            act => act.apply_slice(&mut v[..cols]),
+        }
         let base = r * out.rs + j0 * out.cs;
-        if out.cs == 1 {
+        if out.cs == 1 && cols == NR {
+            // SAFETY: base + NR - 1 <= last < len (asserted); exclusive per the contract.
+            unsafe { (out.ptr.add(base) as *mut [f32; NR]).write_unaligned(v) };
+        } else if out.cs == 1 {
             // SAFETY: base + cols - 1 <= last < len (asserted); exclusive per the contract.
             unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), out.ptr.add(base), cols) };
         } else {

@@ -1,0 +1,172 @@
+//! The packed integer path against the FP32 kernels on the same shapes, in one run: ResNet-50
+//! convolutions (5-bit E2M2 weights as integers |n| <= 28, 8-bit uE0M8 activations) and a
+//! batch-1 Gemm. 2-thread rayon pool (override with AFP_BENCH_THREADS). Throughput is
+//! elements/s with one element per FLOP (2 per MAC), so "Gelem/s" reads as GFLOP/s; the
+//! integer path counts its multiply-adds the same way.
+
+use std::time::Duration;
+
+use afp_kernels::{ActEncoder, Activation, Conv2d, QConv, QGemm, QScratch};
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+
+/// (name, c_in, c_out, hw, k, stride, pad)
+const SHAPES: &[(&str, usize, usize, usize, usize, usize, usize)] = &[
+    ("r50_stem_224x3_7x7s2_64", 3, 64, 224, 7, 2, 3),
+    ("r50_56x64_3x3_64", 64, 64, 56, 3, 1, 1),
+    ("r50_56x256_1x1_64", 256, 64, 56, 1, 1, 0),
+    ("r50_56x64_1x1_256", 64, 256, 56, 1, 1, 0),
+    ("r50_28x128_3x3_128", 128, 128, 28, 3, 1, 1),
+    ("r50_14x256_3x3_256", 256, 256, 14, 3, 1, 1),
+    ("r50_14x1024_1x1_256", 1024, 256, 14, 1, 1, 0),
+    ("r50_7x512_3x3_512", 512, 512, 7, 3, 1, 1),
+    ("r50_7x512_1x1_2048", 512, 2048, 7, 1, 1, 0),
+];
+
+fn bench(c: &mut Criterion) {
+    let threads: usize = std::env::var("AFP_BENCH_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
+    // uE0M8 at unit 2^-6: n = round(x * 64) in 0..=255.
+    let enc = ActEncoder::new(-6, 8, 255, false).unwrap();
+    let mut group = c.benchmark_group(format!("qconv_t{threads}"));
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2));
+    for &(name, c_in, c_out, hw, k, stride, pad) in SHAPES {
+        let conv = Conv2d {
+            c_in,
+            c_out,
+            kh: k,
+            kw: k,
+            stride: [stride; 2],
+            dilation: [1, 1],
+            pads: [pad; 4],
+            group: 1,
+        };
+        let (oh, ow) = conv.out_hw(hw, hw);
+        let wn = c_out * c_in * k * k;
+        let w_int: Vec<i32> = (0..wn).map(|i| (i * 7 % 57) as i32 - 28).collect();
+        let weight: Vec<f32> = w_int.iter().map(|&v| v as f32 / 256.0).collect();
+        let bias: Vec<f32> = (0..c_out).map(|i| i as f32 * 0.001).collect();
+        let q = QConv::new(
+            conv.clone(),
+            &w_int,
+            28,
+            enc,
+            vec![1.0 / 256.0 / 64.0; c_out],
+            Some(bias.clone()),
+            Activation::Relu,
+        )
+        .unwrap();
+        for n in [1usize, 8] {
+            let input: Vec<f32> = (0..n * c_in * hw * hw)
+                .map(|i| (i % 13) as f32 * 0.25)
+                .collect();
+            let mut out = vec![0.0f32; n * c_out * oh * ow];
+            let macs = n * c_out * oh * ow * c_in * k * k;
+            group.throughput(Throughput::Elements(2 * macs as u64));
+            let mut scratch = Vec::new();
+            group.bench_with_input(
+                BenchmarkId::new(format!("{name}/fp32"), format!("n{n}")),
+                &n,
+                |b, &n| {
+                    pool.install(|| {
+                        b.iter(|| {
+                            conv.run(
+                                n,
+                                hw,
+                                hw,
+                                black_box(&input),
+                                &weight,
+                                Some(&bias),
+                                Activation::Relu,
+                                &mut out,
+                                &mut scratch,
+                            );
+                            black_box(&out);
+                        })
+                    })
+                },
+            );
+            let mut qs = QScratch::default();
+            group.bench_with_input(
+                BenchmarkId::new(format!("{name}/afp_int"), format!("n{n}")),
+                &n,
+                |b, &n| {
+                    pool.install(|| {
+                        b.iter(|| {
+                            q.run(n, hw, hw, black_box(&input), &mut out, &mut qs);
+                            black_box(&out);
+                        })
+                    })
+                },
+            );
+        }
+    }
+    group.finish();
+
+    // Batch-1 Gemm: memory bound, weights read once per image.
+    let mut group = c.benchmark_group(format!("qgemm_b1_t{threads}"));
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(2));
+    for (m, k) in [(1000usize, 2048usize), (4096, 4096)] {
+        let w_int: Vec<i32> = (0..m * k).map(|i| (i * 5 % 25) as i32 - 12).collect();
+        let weight: Vec<f32> = w_int.iter().map(|&v| v as f32 / 64.0).collect();
+        let x: Vec<f32> = (0..k).map(|i| (i % 11) as f32 * 0.3).collect();
+        let mut out = vec![0f32; m];
+        let q = QGemm::new(
+            m,
+            k,
+            &w_int,
+            12,
+            enc,
+            vec![1.0 / 64.0 / 64.0; m],
+            None,
+            Activation::None,
+        )
+        .unwrap();
+        group.throughput(Throughput::Elements(2 * (m * k) as u64));
+        group.bench_function(format!("{m}x{k}/fp32"), |b| {
+            pool.install(|| {
+                b.iter(|| {
+                    afp_kernels::gemm(
+                        1,
+                        m,
+                        k,
+                        black_box(&x),
+                        false,
+                        &weight,
+                        true,
+                        1.0,
+                        0.0,
+                        None,
+                        Activation::None,
+                        &mut out,
+                    );
+                    black_box(&out);
+                })
+            })
+        });
+        let mut qs = QScratch::default();
+        group.bench_function(format!("{m}x{k}/afp_int"), |b| {
+            pool.install(|| {
+                b.iter(|| {
+                    q.run(1, black_box(&x), &mut out, &mut qs);
+                    black_box(&out);
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
