@@ -496,6 +496,16 @@ impl QConv {
                     .collect::<Vec<_>>()
             })
             .collect();
+        // The epilogue of group `gi`: its rows of the scales, biases and shifts.
+        let epilogue = |gi: usize| {
+            let rows = gi * cog..(gi + 1) * cog;
+            Epilogue {
+                mult: &self.mult[rows.clone()],
+                bias: self.bias.as_ref().map(|b| &b[rows.clone()]),
+                act: self.act,
+                zero_corr: zero_corr.map(|z| &z[rows.clone()]),
+            }
+        };
         if direct && ohw <= GEMV_MAX_COLS && matches!(groups[0], PackedWeights::U8I8(..)) {
             if let Some(qb) = T::as_u8(quads) {
                 // Memory bound: split the rows finely so both threads stream weights.
@@ -510,13 +520,7 @@ impl QConv {
                     .collect();
                 tasks.into_par_iter().for_each(|(ig, rows)| {
                     let gi = ig % g;
-                    let row0 = gi * cog;
-                    let ep = Epilogue {
-                        mult: &self.mult[row0..row0 + cog],
-                        bias: self.bias.as_ref().map(|b| &b[row0..row0 + cog]),
-                        act: self.act,
-                        zero_corr: zero_corr.map(|z| &z[row0..row0 + cog]),
-                    };
+                    let ep = epilogue(gi);
                     let src = &qb[ig * plane..(ig + 1) * plane];
                     let mut xe = Vec::new();
                     for j in 0..ohw {
@@ -545,13 +549,7 @@ impl QConv {
         }
         tasks.into_par_iter().for_each(|(ig, b, rows)| {
             let gi = ig % g;
-            let row0 = gi * cog;
-            let ep = Epilogue {
-                mult: &self.mult[row0..row0 + cog],
-                bias: self.bias.as_ref().map(|b| &b[row0..row0 + cog]),
-                act: self.act,
-                zero_corr: zero_corr.map(|z| &z[row0..row0 + cog]),
-            };
+            let ep = epilogue(gi);
             let p0 = b * per_block;
             let np = per_block.min(npanels - p0);
             let colr = p0 * NR..((p0 + np) * NR).min(ohw);
