@@ -27,12 +27,49 @@ pub struct Args {
     /// Also print where the time goes: per operator type and the slowest nodes (one run).
     #[arg(long)]
     profile: bool,
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    out: common::OutputArgs,
+}
+
+/// Run times of one session on one input, after warm-up.
+pub struct Timing {
+    pub batch: usize,
+    pub runs: usize,
+    pub images_per_s: f64,
+    pub median_s: f64,
+}
+
+/// Runs `s` on `x` (`batch` images) `warmup` times, then for at least `seconds` (and at least
+/// 3 times), and reports images per second and the median time per run.
+pub fn measure(
+    s: &mut afp_engine::Session,
+    x: &[f32],
+    batch: usize,
+    warmup: usize,
+    seconds: f64,
+) -> Result<Timing> {
+    for _ in 0..warmup {
+        s.run(&[x])?;
+    }
+    let mut times = Vec::new();
+    let start = Instant::now();
+    while start.elapsed().as_secs_f64() < seconds || times.len() < 3 {
+        let t = Instant::now();
+        s.run(&[x])?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    let total: f64 = times.iter().sum();
+    times.sort_by(|a, b| a.total_cmp(b));
+    Ok(Timing {
+        batch,
+        runs: times.len(),
+        images_per_s: batch as f64 * times.len() as f64 / total,
+        median_s: times[times.len() / 2],
+    })
 }
 
 /// Deterministic standard-normal-ish input (sum of uniforms), as the peer script uses random normal data.
-fn input(n: usize) -> Vec<f32> {
+pub fn input(n: usize) -> Vec<f32> {
     let mut s = 0x853c49e6748fea9bu64;
     (0..n)
         .map(|_| {
@@ -102,31 +139,24 @@ pub fn run(a: &Args) -> Result<()> {
         bail!("bench supports models with one input; this one has {inputs:?}");
     }
     let mut rows = Vec::new();
+    let pb = common::progress(
+        (a.threads.len() * a.batch.len()) as u64,
+        "bench",
+        a.out.no_progress(),
+    );
     for &threads in &a.threads {
         for &batch in &a.batch {
             let (threads, batch) = (threads as usize, batch as usize);
             let mut s = model.session(batch, threads)?;
             let n: usize = s.graph().values[s.graph().inputs[0]].numel();
             let x = input(n);
-            for _ in 0..a.warmup {
-                s.run(&[&x])?;
+            let t = measure(&mut s, &x, batch, a.warmup, a.seconds)?;
+            if a.profile && !a.out.json {
+                pb.suspend(|| profile(&mut s, &x))?;
             }
-            let mut times = Vec::new();
-            let start = Instant::now();
-            while start.elapsed().as_secs_f64() < a.seconds || times.len() < 3 {
-                let t = Instant::now();
-                s.run(&[&x])?;
-                times.push(t.elapsed().as_secs_f64());
-            }
-            if a.profile && !a.json {
-                profile(&mut s, &x)?;
-            }
-            let total: f64 = times.iter().sum();
-            times.sort_by(|a, b| a.total_cmp(b));
-            let median = times[times.len() / 2];
-            let ips = batch as f64 * times.len() as f64 / total;
+            let (ips, median) = (t.images_per_s, t.median_s);
             let mut row = json!({
-                "batch": batch, "threads": threads, "runs": times.len(),
+                "batch": batch, "threads": threads, "runs": t.runs,
                 "images_per_s": ips, "ms_per_batch_median": median * 1e3,
             });
             let mut line = format!("batch {batch:>3}  threads {threads:>2}  {ips:>9.1} images/s  median {:>8.2} ms/batch", median * 1e3);
@@ -141,13 +171,15 @@ pub fn run(a: &Args) -> Result<()> {
                     ips / pips
                 );
             }
-            if !a.json {
-                println!("{line}");
+            if !a.out.json {
+                pb.suspend(|| println!("{line}"));
             }
+            pb.inc(1);
             rows.push(row);
         }
     }
-    if a.json {
+    pb.finish_and_clear();
+    if a.out.json {
         println!(
             "{}",
             json!({"model": a.model.display().to_string(), "engine": "afpq fp32", "results": rows})

@@ -1,4 +1,4 @@
-use crate::common;
+use crate::common::{self, OutputArgs};
 use afp_engine::ir::Op;
 use anyhow::Result;
 use serde_json::json;
@@ -9,8 +9,8 @@ use std::path::PathBuf;
 pub struct Args {
     /// ONNX model, or a quantized `.afp` file.
     model: PathBuf,
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    out: OutputArgs,
 }
 
 fn stats(w: &[f32]) -> serde_json::Value {
@@ -101,7 +101,7 @@ pub fn run(a: &Args) -> Result<()> {
         "macs": total_macs,
         "layers": layers,
     });
-    if a.json {
+    if a.out.json {
         println!("{out}");
         return Ok(());
     }
@@ -155,13 +155,18 @@ pub fn run(a: &Args) -> Result<()> {
     Ok(())
 }
 
+/// How many times smaller the `.afp` file is than the FP32 model file it was made from.
+pub fn compression(plan: &afp_quant::Plan, sizes: &afp_quant::afpfile::FileSizes) -> f64 {
+    plan.model_bytes as f64 / sizes.file_bytes.max(1) as f64
+}
+
 /// A `.afp` file: its size against the FP32 model, where the bytes go, and the per-layer plan.
 fn inspect_afp(a: &Args) -> Result<()> {
     let f = crate::engine_run::read_afp(&a.model)?;
     let plan = &f.quantized.plan;
     let s = f.sizes;
     let fp32_bytes = plan.model_bytes;
-    let compression = fp32_bytes as f64 / s.file_bytes.max(1) as f64;
+    let compression = compression(plan, &s);
     let layers: Vec<serde_json::Value> = plan
         .layers
         .iter()
@@ -178,7 +183,7 @@ fn inspect_afp(a: &Args) -> Result<()> {
             })
         })
         .collect();
-    if a.json {
+    if a.out.json {
         println!(
             "{}",
             json!({
