@@ -91,6 +91,10 @@ const RED: RGBColor = RGBColor(0xd6, 0x27, 0x28);
 const PURPLE: RGBColor = RGBColor(0x94, 0x67, 0xbd);
 const GREY: RGBColor = RGBColor(0x7f, 0x7f, 0x7f);
 const FONT: &str = "sans-serif";
+// Plotters writes SVG font sizes as 1/1.24 of these: 18 is 14.5 px in the browser.
+const LABEL: f64 = 18.0;
+const DESC: f64 = 19.0;
+const SMALL: f64 = 17.0;
 
 fn read_json(path: &Path) -> Result<serde_json::Value> {
     let text =
@@ -509,8 +513,8 @@ fn bits_plot(layers: &[LayerPlan]) -> Result<String> {
             .y_label_formatter(&|v| format!("{v:.0}"))
             .x_desc("layer")
             .y_desc("bits per weight")
-            .label_style((FONT, 15))
-            .axis_desc_style((FONT, 16))
+            .label_style((FONT, LABEL))
+            .axis_desc_style((FONT, DESC))
             .draw()
             .map_err(plot_err)?;
         let bar = |i: usize, y0: f64, y1: f64, color: RGBColor| {
@@ -563,7 +567,7 @@ fn bits_plot(layers: &[LayerPlan]) -> Result<String> {
             .position(SeriesLabelPosition::UpperRight)
             .background_style(WHITE.mix(0.9))
             .border_style(BLACK)
-            .label_font((FONT, 15))
+            .label_font((FONT, LABEL))
             .draw()
             .map_err(plot_err)?;
         Ok(())
@@ -591,14 +595,10 @@ fn layer_levels(l: &LayerPlan) -> (Vec<f32>, String) {
             let levels = Grid::new(fmt, best.1)
                 .map(|g| g.levels())
                 .unwrap_or_default();
-            let range = match (offs.first(), offs.last()) {
-                (Some(a), Some(b)) if a != b => format!(", offsets {a}..{b}"),
-                _ => String::new(),
-            };
             (
                 levels,
                 format!(
-                    "{} levels at t={} ({}/{} channels{range})",
+                    "{} at t={} ({}/{} channels)",
                     l.weight.format.label(),
                     best.1,
                     best.0,
@@ -620,10 +620,7 @@ fn layer_levels(l: &LayerPlan) -> (Vec<f32>, String) {
             let levels = (-q..=q).map(|k| k as f32 * s).collect();
             (
                 levels,
-                format!(
-                    "{} levels, median scale {s:.2e} ({groups} channels)",
-                    l.weight.format.label()
-                ),
+                format!("{}, median scale {s:.2e}", l.weight.format.label()),
             )
         }
     }
@@ -648,10 +645,15 @@ fn histogram_plot(i: usize, l: &LayerPlan, w: &LayerWeights) -> Result<String> {
     }
     let top = counts.iter().copied().max().unwrap_or(1).max(1) as f64 * 1.08;
     let (levels, what) = layer_levels(l);
-    let caption = format!("#{i} {} ({} weights)", short(&l.node, 34), l.params);
-    svg(540, 340, |root| {
+    let caption = format!(
+        "#{i} {} ({} weights, {} channels)",
+        short(&l.node, 28),
+        l.params,
+        w.channels
+    );
+    svg(570, 350, |root| {
         let mut c = ChartBuilder::on(root)
-            .caption(caption, (FONT, 17))
+            .caption(caption, (FONT, DESC))
             .margin(10)
             .x_label_area_size(44)
             .y_label_area_size(60)
@@ -663,10 +665,10 @@ fn histogram_plot(i: usize, l: &LayerPlan, w: &LayerWeights) -> Result<String> {
             .y_labels(5)
             .x_label_formatter(&|v| fmt_tick(*v))
             .y_label_formatter(&|v| format!("{v:.0}"))
-            .x_desc(format!("weight ({} channels); red: {what}", w.channels))
+            .x_desc(format!("weight; red lines: {what}"))
             .y_desc("count")
-            .label_style((FONT, 14))
-            .axis_desc_style((FONT, 15))
+            .label_style((FONT, SMALL))
+            .axis_desc_style((FONT, SMALL))
             .draw()
             .map_err(plot_err)?;
         let width = 2.0 * r / BINS as f64;
@@ -741,8 +743,8 @@ fn sweep_plot(v: &serde_json::Value) -> Result<String> {
             .y_desc("top-1 accuracy (%)")
             .x_label_formatter(&|v| format!("{v:.0}"))
             .y_label_formatter(&|v| format!("{v:.0}"))
-            .label_style((FONT, 15))
-            .axis_desc_style((FONT, 16))
+            .label_style((FONT, LABEL))
+            .axis_desc_style((FONT, DESC))
             .light_line_style(WHITE.mix(0.0))
             .draw()
             .map_err(plot_err)?;
@@ -778,14 +780,18 @@ fn sweep_plot(v: &serde_json::Value) -> Result<String> {
                     .map(|p| Circle::new((p.0, p.1), 4, color.filled())),
             )
             .map_err(plot_err)?;
-            // Width labels above the AFP points and below the others, so they do not collide.
-            let dy = if fam == "afp" { -22 } else { 6 };
+            // Width labels above the AFP points, below INT, right of the others: apart.
+            let (dx, dy) = match fam {
+                "afp" => (-4, -22),
+                "int" => (-4, 6),
+                _ => (8, -10),
+            };
             c.draw_series(pts.iter().map(|p| {
                 EmptyElement::at((p.0, p.1))
                     + Text::new(
                         format!("{:.0}b", p.2),
-                        (-4, dy),
-                        (FONT, 14).into_font().color(&color),
+                        (dx, dy),
+                        (FONT, SMALL).into_font().color(&color),
                     )
             }))
             .map_err(plot_err)?;
@@ -794,7 +800,7 @@ fn sweep_plot(v: &serde_json::Value) -> Result<String> {
             .position(SeriesLabelPosition::LowerRight)
             .background_style(WHITE.mix(0.9))
             .border_style(BLACK)
-            .label_font((FONT, 15))
+            .label_font((FONT, LABEL))
             .draw()
             .map_err(plot_err)?;
         Ok(())
@@ -835,8 +841,8 @@ fn energy_plot(r: &EnergyReport) -> Result<String> {
             .x_label_formatter(&|v| format!("{v:.0}"))
             .light_line_style(WHITE)
             .x_desc("energy per image (uJ)")
-            .label_style((FONT, 15))
-            .axis_desc_style((FONT, 16))
+            .label_style((FONT, LABEL))
+            .axis_desc_style((FONT, DESC))
             .draw()
             .map_err(plot_err)?;
         let parts: [(&str, RGBColor, usize); 3] = [
@@ -880,7 +886,7 @@ fn energy_plot(r: &EnergyReport) -> Result<String> {
                     b.total_pj() / afp_total.max(1e-30)
                 ),
                 (uj(b.total_pj()), SegmentValue::CenterOf(y)),
-                (FONT, 14).into_font(),
+                (FONT, SMALL).into_font(),
             )
         }))
         .map_err(plot_err)?;
@@ -888,7 +894,7 @@ fn energy_plot(r: &EnergyReport) -> Result<String> {
             .position(SeriesLabelPosition::LowerRight)
             .background_style(WHITE.mix(0.9))
             .border_style(BLACK)
-            .label_font((FONT, 15))
+            .label_font((FONT, LABEL))
             .draw()
             .map_err(plot_err)?;
         Ok(())
