@@ -152,6 +152,16 @@ impl RunArgs {
     }
 }
 
+/// `name`, or its last `max - 3` characters after `...` when it is longer than `max`.
+pub fn short_name(name: &str, max: usize) -> String {
+    let n = name.chars().count();
+    if n <= max {
+        return name.to_string();
+    }
+    let tail: String = name.chars().skip(n - max.saturating_sub(3)).collect();
+    format!("...{tail}")
+}
+
 /// A spinner on stderr for work of unknown length; hidden like [`progress`].
 pub fn spinner(what: &str, quiet: bool) -> ProgressBar {
     if quiet {

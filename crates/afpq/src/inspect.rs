@@ -155,6 +155,34 @@ pub fn run(a: &Args) -> Result<()> {
     Ok(())
 }
 
+/// The texts of a plan layer's offsets (`-5..-3`, or `scales` for INT), weight SQNR and
+/// input format (`uE2M6@1`; `None` when the input is not quantized), as the tables show them.
+pub struct LayerCells {
+    pub offsets: String,
+    pub sqnr: String,
+    pub input: Option<String>,
+}
+
+impl LayerCells {
+    pub fn of(l: &afp_quant::plan::LayerPlan) -> LayerCells {
+        LayerCells {
+            offsets: match (l.weight.offsets.iter().min(), l.weight.offsets.iter().max()) {
+                (Some(lo), Some(hi)) if lo == hi => format!("{lo}"),
+                (Some(lo), Some(hi)) => format!("{lo}..{hi}"),
+                _ => "scales".to_string(),
+            },
+            sqnr: l
+                .weight_sqnr_db
+                .map(|d| format!("{d:.1}"))
+                .unwrap_or("exact".into()),
+            input: l
+                .act
+                .as_ref()
+                .map(|x| format!("{}@{}", x.format.label(), x.offset)),
+        }
+    }
+}
+
 /// How many times smaller the `.afp` file is than the FP32 model file it was made from.
 pub fn compression(plan: &afp_quant::Plan, sizes: &afp_quant::afpfile::FileSizes) -> f64 {
     plan.model_bytes as f64 / sizes.file_bytes.max(1) as f64
@@ -225,36 +253,15 @@ fn inspect_afp(a: &Args) -> Result<()> {
         "layer", "params", "format", "offsets", "SQNR dB", "input"
     );
     for l in &plan.layers {
-        let offs = match (l.weight.offsets.iter().min(), l.weight.offsets.iter().max()) {
-            (Some(lo), Some(hi)) if lo == hi => format!("{lo}"),
-            (Some(lo), Some(hi)) => format!("{lo}..{hi}"),
-            _ => "scales".to_string(),
-        };
-        let name: String = if l.node.chars().count() > 48 {
-            let tail: String = l
-                .node
-                .chars()
-                .rev()
-                .take(45)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
-            format!("...{tail}")
-        } else {
-            l.node.clone()
-        };
+        let c = LayerCells::of(l);
         println!(
-            "  {name:<48} {:>9} {:>8} {offs:>8} {:>9} {:>9}",
+            "  {:<48} {:>9} {:>8} {:>8} {:>9} {:>9}",
+            common::short_name(&l.node, 48),
             l.params,
             l.weight.format.label(),
-            l.weight_sqnr_db
-                .map(|d| format!("{d:.1}"))
-                .unwrap_or("exact".into()),
-            l.act
-                .as_ref()
-                .map(|x| format!("{}@{}", x.format.label(), x.offset))
-                .unwrap_or("fp32".into())
+            c.offsets,
+            c.sqnr,
+            c.input.unwrap_or("fp32".into())
         );
     }
     Ok(())

@@ -3,7 +3,7 @@
 //! (from a sweep), the energy per image, and a per-layer table. Plots are inline SVG drawn
 //! with `plotters` (SVG backend only: text is SVG text, set in the browser's fonts).
 
-use crate::common::OutputArgs;
+use crate::common::{short_name, OutputArgs};
 use crate::{energy, engine_run, inspect};
 use afp_format::Grid;
 use afp_quant::afpfile::AfpFile;
@@ -479,16 +479,22 @@ fn svg(
     Ok(s)
 }
 
-fn plot_err(e: impl std::fmt::Display) -> anyhow::Error {
-    anyhow!("drawing a plot: {e}")
+/// The legend box of a chart's labelled series.
+fn legend<'a, CT: plotters::coord::CoordTranslate>(
+    c: &mut ChartContext<'a, SVGBackend<'a>, CT>,
+    position: SeriesLabelPosition,
+) -> Result<()> {
+    c.configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .label_font((FONT, LABEL))
+        .draw()
+        .map_err(plot_err)
 }
 
-fn short(name: &str, max: usize) -> String {
-    if name.chars().count() <= max {
-        return name.to_string();
-    }
-    let tail: Vec<char> = name.chars().rev().take(max - 3).collect();
-    format!("...{}", tail.into_iter().rev().collect::<String>())
+fn plot_err(e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow!("drawing a plot: {e}")
 }
 
 /// Per-layer stacked bars: sign, exponent and mantissa bits (AFP), or integer bits (INT).
@@ -563,13 +569,7 @@ fn bits_plot(layers: &[LayerPlan]) -> Result<String> {
                     Rectangle::new([(x, y - 6), (x + 14, y + 6)], color.filled())
                 });
         }
-        c.configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.9))
-            .border_style(BLACK)
-            .label_font((FONT, LABEL))
-            .draw()
-            .map_err(plot_err)?;
+        legend(&mut c, SeriesLabelPosition::UpperRight)?;
         Ok(())
     })
 }
@@ -647,7 +647,7 @@ fn histogram_plot(i: usize, l: &LayerPlan, w: &LayerWeights) -> Result<String> {
     let (levels, what) = layer_levels(l);
     let caption = format!(
         "#{i} {} ({} weights, {} channels)",
-        short(&l.node, 28),
+        short_name(&l.node, 28),
         l.params,
         w.channels
     );
@@ -796,13 +796,7 @@ fn sweep_plot(v: &serde_json::Value) -> Result<String> {
             }))
             .map_err(plot_err)?;
         }
-        c.configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.9))
-            .border_style(BLACK)
-            .label_font((FONT, LABEL))
-            .draw()
-            .map_err(plot_err)?;
+        legend(&mut c, SeriesLabelPosition::LowerRight)?;
         Ok(())
     })
 }
@@ -890,13 +884,7 @@ fn energy_plot(r: &EnergyReport) -> Result<String> {
             )
         }))
         .map_err(plot_err)?;
-        c.configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.9))
-            .border_style(BLACK)
-            .label_font((FONT, LABEL))
-            .draw()
-            .map_err(plot_err)?;
+        legend(&mut c, SeriesLabelPosition::LowerRight)?;
         Ok(())
     })
 }
@@ -938,32 +926,24 @@ fn layer_table(h: &mut String, layers: &[LayerPlan], r: &EnergyReport) {
             FormatName::Afp { e, m, .. } => (e.to_string(), m.to_string()),
             FormatName::Int { .. } => ("-".into(), "-".into()),
         };
-        let offs = match (l.weight.offsets.iter().min(), l.weight.offsets.iter().max()) {
-            (Some(a), Some(b)) if a == b => a.to_string(),
-            (Some(a), Some(b)) => format!("{a}..{b}"),
-            _ => "scales".into(),
-        };
+        let cells = inspect::LayerCells::of(l);
         let le = r.layers.iter().find(|x| x.node == l.node);
         let shape: Vec<String> = l.weight_shape.iter().map(|d| d.to_string()).collect();
         let _ = writeln!(
             h,
             "<tr><td>{i}</td><td class=\"l\"><code title=\"{}\">{}</code></td><td class=\"l\">{}</td>\
-             <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{e}</td><td>{m}</td><td>{offs}</td>\
+             <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{e}</td><td>{m}</td><td>{}</td>\
              <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             esc(&l.node),
-            esc(&short(&l.node, 34)),
+            esc(&short_name(&l.node, 34)),
             esc(&l.op),
             shape.join("x"),
             l.params,
             l.weight.format.label(),
             l.weight.format.bits,
-            l.weight_sqnr_db
-                .map(|d| format!("{d:.1}"))
-                .unwrap_or("exact".into()),
-            l.act
-                .as_ref()
-                .map(|a| format!("{}@{}", a.format.label(), a.offset))
-                .unwrap_or("FP32".into()),
+            cells.offsets,
+            cells.sqnr,
+            cells.input.unwrap_or("FP32".into()),
             le.map(|x| x.dims.macs.to_string()).unwrap_or_default(),
             le.map(|x| format!("{:.3}", x.afp.total_pj() / 1e6))
                 .unwrap_or_default(),

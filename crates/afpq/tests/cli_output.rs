@@ -98,10 +98,7 @@ fn json_parses_for_every_command() {
             v.is_object() || v.is_array(),
             "{name}: {v} is not an object or array"
         );
-        assert!(
-            v.as_object().map_or(true, |o| !o.is_empty()),
-            "{name}: empty"
-        );
+        assert!(v.as_object().is_none_or(|o| !o.is_empty()), "{name}: empty");
     }
     std::fs::remove_dir_all(&dir).ok();
 }
