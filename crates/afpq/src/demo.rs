@@ -130,6 +130,7 @@ pub fn run(a: &Args) -> Result<()> {
         None
     } else {
         let formats: Vec<String> = ["afp", "int", "fp8-e4m3"].map(String::from).to_vec();
+        let sp = common::spinner("sweep: AFP and INT at 3..8 bits, FP8", quiet);
         let rows = sweep::sweep(
             &sweep::Sweep {
                 model: &model,
@@ -147,6 +148,7 @@ pub fn run(a: &Args) -> Result<()> {
             &[3, 4, 5, 6, 8],
             &formats,
         )?;
+        sp.finish_and_clear();
         let dir = a.output.join("sweep");
         let v = sweep::write_files(&dir, &model_path, indices.len(), &q, &formats, rows)?;
         Some((dir.join("sweep.json"), v))
