@@ -517,6 +517,7 @@ fn bits_plot(layers: &[LayerPlan]) -> Result<String> {
                 _ => String::new(),
             })
             .y_label_formatter(&|v| format!("{v:.0}"))
+            .light_line_style(WHITE)
             .x_desc("layer")
             .y_desc("bits per weight")
             .label_style((FONT, LABEL))
