@@ -1,3 +1,4 @@
+use crate::common;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -26,8 +27,8 @@ pub struct Args {
     /// Also print where the time goes: per operator type and the slowest nodes (one run).
     #[arg(long)]
     profile: bool,
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    out: common::OutputArgs,
     /// How a .afp model is computed: packed integer kernels where every layer has one
     /// (auto), packed only, or simulated (f32 kernels on decoded weights).
     #[arg(long, value_enum, default_value = "auto")]
@@ -42,8 +43,45 @@ fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Run times of one session on one input, after warm-up.
+pub struct Timing {
+    pub batch: usize,
+    pub runs: usize,
+    pub images_per_s: f64,
+    pub median_s: f64,
+}
+
+/// Runs `s` on `x` (`batch` images) `warmup` times, then for at least `seconds` (and at least
+/// 3 times), and reports images per second and the median time per run.
+pub fn measure(
+    s: &mut afp_engine::Session,
+    x: &[f32],
+    batch: usize,
+    warmup: usize,
+    seconds: f64,
+) -> Result<Timing> {
+    for _ in 0..warmup {
+        s.run(&[x])?;
+    }
+    let mut times = Vec::new();
+    let start = Instant::now();
+    while start.elapsed().as_secs_f64() < seconds || times.len() < 3 {
+        let t = Instant::now();
+        s.run(&[x])?;
+        times.push(t.elapsed().as_secs_f64());
+    }
+    let total: f64 = times.iter().sum();
+    times.sort_by(|a, b| a.total_cmp(b));
+    Ok(Timing {
+        batch,
+        runs: times.len(),
+        images_per_s: batch as f64 * times.len() as f64 / total,
+        median_s: times[times.len() / 2],
+    })
+}
+
 /// Deterministic standard-normal-ish input (sum of uniforms), as the peer script uses random normal data.
-fn input(n: usize) -> Vec<f32> {
+pub fn input(n: usize) -> Vec<f32> {
     let mut s = 0x853c49e6748fea9bu64;
     (0..n)
         .map(|_| {
@@ -108,6 +146,11 @@ fn run_peer(model: &Path, batch: usize, threads: usize) -> Result<serde_json::Va
 
 pub fn run(a: &Args) -> Result<()> {
     let mut rows = Vec::new();
+    let pb = common::progress(
+        (a.threads.len() * a.batch.len()) as u64,
+        "bench",
+        a.out.no_progress(),
+    );
     let mut engine = "fp32";
     let mut kernels: std::collections::BTreeMap<&'static str, usize> = Default::default();
     let mut packed_bytes = None;
@@ -115,7 +158,7 @@ pub fn run(a: &Args) -> Result<()> {
     let mut peer_model = a.model.clone();
     for &threads in &a.threads {
         let mut clf = crate::engine_run::open(&a.model, threads as usize, a.engine)?;
-        clf.quiet = a.json;
+        clf.quiet = a.out.quiet || a.out.json;
         if let Some(q) = &clf.plan {
             peer_model = PathBuf::from(&q.plan.model);
         }
@@ -124,18 +167,9 @@ pub fn run(a: &Args) -> Result<()> {
             let s = clf.session(batch)?;
             let n: usize = s.graph().values[s.graph().inputs[0]].numel();
             let x = input(n);
-            for _ in 0..a.warmup {
-                s.run(&[&x])?;
-            }
-            let mut times = Vec::new();
-            let start = Instant::now();
-            while start.elapsed().as_secs_f64() < a.seconds || times.len() < 3 {
-                let t = Instant::now();
-                s.run(&[&x])?;
-                times.push(t.elapsed().as_secs_f64());
-            }
-            if a.profile && !a.json {
-                profile(s, &x)?;
+            let t = measure(s, &x, batch, a.warmup, a.seconds)?;
+            if a.profile && !a.out.json {
+                pb.suspend(|| profile(s, &x))?;
             }
             engine = clf.engine_used();
             if let Some(layers) = clf.packed_layers() {
@@ -145,12 +179,9 @@ pub fn run(a: &Args) -> Result<()> {
                 }
                 packed_bytes = Some(layers.iter().map(|l| l.weight_bytes).sum::<usize>());
             }
-            let total: f64 = times.iter().sum();
-            times.sort_by(|a, b| a.total_cmp(b));
-            let median = times[times.len() / 2];
-            let ips = batch as f64 * times.len() as f64 / total;
+            let (ips, median) = (t.images_per_s, t.median_s);
             let mut row = json!({
-                "batch": batch, "threads": threads, "runs": times.len(),
+                "batch": batch, "threads": threads, "runs": t.runs,
                 "images_per_s": ips, "ms_per_batch_median": median * 1e3,
             });
             let mut line = format!("batch {batch:>3}  threads {threads:>2}  {ips:>9.1} images/s  median {:>8.2} ms/batch", median * 1e3);
@@ -171,14 +202,16 @@ pub fn run(a: &Args) -> Result<()> {
                     ips / pips
                 );
             }
-            if !a.json {
-                println!("{line}");
+            if !a.out.json {
+                pb.suspend(|| println!("{line}"));
             }
+            pb.inc(1);
             rows.push(row);
         }
     }
+    pb.finish_and_clear();
     let peak = peak_rss_bytes();
-    if a.json {
+    if a.out.json {
         println!(
             "{}",
             json!({

@@ -94,6 +94,88 @@ pub fn default_threads() -> usize {
         .unwrap_or(1)
 }
 
+/// `--json` and `--quiet`: every command that prints results has both.
+#[derive(clap::Args, Debug, Clone, Copy, Default)]
+pub struct OutputArgs {
+    /// Print the results as one JSON object (or array) on stdout, and no progress bar.
+    #[arg(long)]
+    pub json: bool,
+    /// Nothing on stderr but errors: no progress bar, no notes.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+impl OutputArgs {
+    /// Progress bars are hidden with --quiet, and with --json (whose reader is a program).
+    pub fn no_progress(&self) -> bool {
+        self.quiet || self.json
+    }
+
+    /// A note on stderr, unless --quiet.
+    pub fn note(&self, text: &str) {
+        if !self.quiet {
+            eprintln!("note: {text}");
+        }
+    }
+}
+
+/// `--threads`, for commands that run the engine.
+#[derive(clap::Args, Debug, Clone, Copy, Default)]
+pub struct ThreadsArg {
+    /// Threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+impl ThreadsArg {
+    pub fn get(&self) -> usize {
+        self.threads.unwrap_or_else(default_threads)
+    }
+}
+
+/// Which images of a dataset, how many at a time, on how many threads.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct RunArgs {
+    /// Evaluate the first N images only.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Images per batch.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch: u32,
+    #[command(flatten)]
+    pub threads: ThreadsArg,
+}
+
+impl RunArgs {
+    pub fn batch(&self) -> usize {
+        self.batch as usize
+    }
+}
+
+/// `name`, or its last `max - 3` characters after `...` when it is longer than `max`.
+pub fn short_name(name: &str, max: usize) -> String {
+    let n = name.chars().count();
+    if n <= max {
+        return name.to_string();
+    }
+    let tail: String = name.chars().skip(n - max.saturating_sub(3)).collect();
+    format!("...{tail}")
+}
+
+/// A spinner on stderr for work of unknown length; hidden like [`progress`].
+pub fn spinner(what: &str, quiet: bool) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new_spinner();
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("valid template"),
+    );
+    pb.set_message(what.to_string());
+    pb.enable_steady_tick(std::time::Duration::from_millis(120));
+    pb
+}
+
 /// A progress bar on stderr; hidden with --quiet and when stderr is not a terminal.
 pub fn progress(len: u64, what: &str, quiet: bool) -> ProgressBar {
     if quiet {

@@ -2,7 +2,7 @@
 //! (the model of `afp_quant::energy`, described in docs/ENERGY.md).
 
 use crate::{common, engine_run};
-use afp_quant::energy::{self, Breakdown, EnergyTable};
+use afp_quant::energy::{self, Breakdown, EnergyReport, EnergyTable};
 use anyhow::{Context, Result};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -16,8 +16,8 @@ pub struct Args {
     /// fp16_mult, fp32_add, fp32_mult, sram_read_32b, dram_read_32b.
     #[arg(long)]
     table: Option<PathBuf>,
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    out: common::OutputArgs,
 }
 
 fn read_table(path: &Path) -> Result<EnergyTable> {
@@ -26,24 +26,52 @@ fn read_table(path: &Path) -> Result<EnergyTable> {
     EnergyTable::from_json(&text).with_context(|| format!("reading {}", path.display()))
 }
 
+/// `model` lowered for batch 1 as the layers of `plan` were (BatchNorm folded or not).
+pub fn lower_for_plan(
+    model: &afp_engine::Model,
+    plan: &afp_quant::Plan,
+) -> Result<afp_engine::ir::Graph> {
+    let passes = afp_engine::passes::PassOptions {
+        fold_batchnorm: plan.fold_bn(),
+    };
+    model
+        .lower_with(1, passes)
+        .context("preparing the model for batch 1")
+}
+
+/// The energy per image of `plan` (read from `plan_path`, named in errors) on `g`, its model
+/// lowered by [`lower_for_plan`].
+pub fn estimate_graph(
+    plan: &afp_quant::Plan,
+    g: &afp_engine::ir::Graph,
+    plan_path: &Path,
+    table: &EnergyTable,
+) -> Result<EnergyReport> {
+    energy::estimate(g, &plan.layers, table)
+        .with_context(|| format!("estimating the energy of plan {}", plan_path.display()))
+}
+
+/// The energy per image of `plan` (read from `plan_path`, named in errors), on the graph of
+/// its FP32 model.
+pub fn estimate_plan(
+    plan: &afp_quant::Plan,
+    plan_path: &Path,
+    table: &EnergyTable,
+) -> Result<EnergyReport> {
+    let model = common::load_model(Path::new(&plan.model))
+        .with_context(|| format!("the model of plan {}", plan_path.display()))?;
+    estimate_graph(plan, &lower_for_plan(&model, plan)?, plan_path, table)
+}
+
 pub fn run(a: &Args) -> Result<()> {
     let table = match &a.table {
         Some(p) => read_table(p)?,
         None => EnergyTable::default(),
     };
     let plan = engine_run::read_afp(&a.plan)?.quantized.plan;
-    let model = common::load_model(Path::new(&plan.model))
-        .with_context(|| format!("the model of plan {}", a.plan.display()))?;
-    let passes = afp_engine::passes::PassOptions {
-        fold_batchnorm: plan.fold_bn(),
-    };
-    let g = model
-        .lower_with(1, passes)
-        .context("preparing the model for batch 1")?;
-    let r = energy::estimate(&g, &plan.layers, &table)
-        .with_context(|| format!("estimating the energy of plan {}", a.plan.display()))?;
+    let r = estimate_plan(&plan, &a.plan, &table)?;
     let q = r.ratios();
-    if a.json {
+    if a.out.json {
         let out = json!({
             "plan": a.plan.display().to_string(),
             "model": plan.model,

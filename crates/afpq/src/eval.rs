@@ -1,4 +1,4 @@
-use crate::common::{self, DataArgs};
+use crate::common::{self, DataArgs, OutputArgs, RunArgs};
 use crate::engine_run::Classifier;
 use anyhow::Result;
 use serde_json::json;
@@ -10,21 +10,10 @@ pub struct Args {
     model: Option<PathBuf>,
     #[command(flatten)]
     data: DataArgs,
-    /// Evaluate the first N images only.
-    #[arg(long)]
-    limit: Option<usize>,
-    /// Images per batch.
-    #[arg(long, default_value_t = 8)]
-    batch: usize,
-    /// Threads (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
-    /// Print the results as one JSON object.
-    #[arg(long)]
-    json: bool,
-    /// No progress bar.
-    #[arg(long, short)]
-    quiet: bool,
+    #[command(flatten)]
+    run: RunArgs,
+    #[command(flatten)]
+    out: OutputArgs,
     /// How a .afp model is computed: packed integer kernels, or simulated (f32 kernels on
     /// decoded weights, inputs rounded to their grids); auto: packed where possible.
     #[arg(long, value_enum, default_value = "simulated")]
@@ -35,12 +24,13 @@ pub fn run(a: &Args) -> Result<()> {
     let src = a.data.source()?;
     let ds = a.data.dataset(&src)?;
     let path = common::model_path(a.model.as_deref(), src.card.as_ref())?;
-    let threads = a.threads.unwrap_or_else(common::default_threads);
+    let threads = a.run.threads.get();
+    let (batch, quiet) = (a.run.batch(), a.out.no_progress());
     let mut clf = crate::engine_run::open(&path, threads, a.engine)?;
-    clf.quiet = a.quiet || a.json;
+    clf.quiet = quiet;
     clf.check_input(src.preprocess.chw())?;
-    let indices = ds.first_indices(a.limit);
-    let ev = clf.evaluate(&ds, &indices, &src, a.batch, "eval", a.quiet || a.json)?;
+    let indices = ds.first_indices(a.run.limit);
+    let ev = clf.evaluate(&ds, &indices, &src, batch, "eval", quiet)?;
     // A quantized model is compared with its FP32 original on the same images.
     // The .afp file holds codes, not the FP32 weights: the original model is read from the
     // path recorded when it was quantized.
@@ -49,12 +39,12 @@ pub fn run(a: &Args) -> Result<()> {
             let orig = std::path::Path::new(&q.plan.model);
             if orig.is_file() {
                 let mut base = Classifier::new(common::load_model(orig)?, threads)?;
-                Some(base.evaluate(&ds, &indices, &src, a.batch, "eval fp32", a.quiet || a.json)?)
+                Some(base.evaluate(&ds, &indices, &src, batch, "eval fp32", quiet)?)
             } else {
-                eprintln!(
-                    "note: the FP32 model {} is not there; no comparison with it",
+                a.out.note(&format!(
+                    "the FP32 model {} is not there; no comparison with it",
                     orig.display()
-                );
+                ));
                 None
             }
         }
@@ -85,7 +75,7 @@ pub fn run(a: &Args) -> Result<()> {
         None => None,
     };
     let ips = n as f64 / ev.infer_seconds.max(1e-9);
-    if a.json {
+    if a.out.json {
         let mut o = json!({
             "model": path.display().to_string(),
             "engine": clf.engine_used(),
@@ -96,7 +86,7 @@ pub fn run(a: &Args) -> Result<()> {
             "top5_correct": ev.accuracy.top5,
             "images_per_s": ips,
             "total_images_per_s": n as f64 / ev.total_seconds.max(1e-9),
-            "batch": a.batch,
+            "batch": batch,
             "threads": clf.threads,
         });
         if let Some(r) = reference {
@@ -152,7 +142,7 @@ pub fn run(a: &Args) -> Result<()> {
         println!(
             "{ips:.1} images/s inference ({:.1} images/s with image loading), batch {}, {} threads",
             n as f64 / ev.total_seconds.max(1e-9),
-            a.batch,
+            batch,
             clf.threads
         );
     }

@@ -27,9 +27,8 @@ pub struct Args {
     /// for it) instead of INT8 with the same values.
     #[arg(long)]
     float4: bool,
-    /// Print the result as JSON.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    out: crate::common::OutputArgs,
 }
 
 pub fn run(a: &Args) -> Result<()> {
@@ -47,9 +46,9 @@ pub fn run(a: &Args) -> Result<()> {
     afp_onnx::write_model(&a.output, &model)
         .with_context(|| format!("writing {}", a.output.display()))?;
     for n in &report.notes {
-        eprintln!("note: {n}");
+        a.out.note(n);
     }
-    if a.json {
+    if a.out.json {
         println!(
             "{}",
             json!({"output": a.output.display().to_string(), "mode": a.mode, "report": report})

@@ -1,4 +1,4 @@
-use crate::common;
+use crate::common::{self, OutputArgs};
 use afp_engine::ir::Op;
 use anyhow::Result;
 use serde_json::json;
@@ -9,8 +9,8 @@ use std::path::PathBuf;
 pub struct Args {
     /// ONNX model, or a quantized `.afp` file.
     model: PathBuf,
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    out: OutputArgs,
 }
 
 fn stats(w: &[f32]) -> serde_json::Value {
@@ -101,7 +101,7 @@ pub fn run(a: &Args) -> Result<()> {
         "macs": total_macs,
         "layers": layers,
     });
-    if a.json {
+    if a.out.json {
         println!("{out}");
         return Ok(());
     }
@@ -155,13 +155,46 @@ pub fn run(a: &Args) -> Result<()> {
     Ok(())
 }
 
+/// The texts of a plan layer's offsets (`-5..-3`, or `scales` for INT), weight SQNR and
+/// input format (`uE2M6@1`; `None` when the input is not quantized), as the tables show them.
+pub struct LayerCells {
+    pub offsets: String,
+    pub sqnr: String,
+    pub input: Option<String>,
+}
+
+impl LayerCells {
+    pub fn of(l: &afp_quant::plan::LayerPlan) -> LayerCells {
+        LayerCells {
+            offsets: match (l.weight.offsets.iter().min(), l.weight.offsets.iter().max()) {
+                (Some(lo), Some(hi)) if lo == hi => format!("{lo}"),
+                (Some(lo), Some(hi)) => format!("{lo}..{hi}"),
+                _ => "scales".to_string(),
+            },
+            sqnr: l
+                .weight_sqnr_db
+                .map(|d| format!("{d:.1}"))
+                .unwrap_or("exact".into()),
+            input: l
+                .act
+                .as_ref()
+                .map(|x| format!("{}@{}", x.format.label(), x.offset)),
+        }
+    }
+}
+
+/// How many times smaller the `.afp` file is than the FP32 model file it was made from.
+pub fn compression(plan: &afp_quant::Plan, sizes: &afp_quant::afpfile::FileSizes) -> f64 {
+    plan.model_bytes as f64 / sizes.file_bytes.max(1) as f64
+}
+
 /// A `.afp` file: its size against the FP32 model, where the bytes go, and the per-layer plan.
 fn inspect_afp(a: &Args) -> Result<()> {
     let f = crate::engine_run::read_afp(&a.model)?;
     let plan = &f.quantized.plan;
     let s = f.sizes;
     let fp32_bytes = plan.model_bytes;
-    let compression = fp32_bytes as f64 / s.file_bytes.max(1) as f64;
+    let compression = compression(plan, &s);
     let layers: Vec<serde_json::Value> = plan
         .layers
         .iter()
@@ -178,7 +211,7 @@ fn inspect_afp(a: &Args) -> Result<()> {
             })
         })
         .collect();
-    if a.json {
+    if a.out.json {
         println!(
             "{}",
             json!({
@@ -220,36 +253,15 @@ fn inspect_afp(a: &Args) -> Result<()> {
         "layer", "params", "format", "offsets", "SQNR dB", "input"
     );
     for l in &plan.layers {
-        let offs = match (l.weight.offsets.iter().min(), l.weight.offsets.iter().max()) {
-            (Some(lo), Some(hi)) if lo == hi => format!("{lo}"),
-            (Some(lo), Some(hi)) => format!("{lo}..{hi}"),
-            _ => "scales".to_string(),
-        };
-        let name: String = if l.node.chars().count() > 48 {
-            let tail: String = l
-                .node
-                .chars()
-                .rev()
-                .take(45)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
-            format!("...{tail}")
-        } else {
-            l.node.clone()
-        };
+        let c = LayerCells::of(l);
         println!(
-            "  {name:<48} {:>9} {:>8} {offs:>8} {:>9} {:>9}",
+            "  {:<48} {:>9} {:>8} {:>8} {:>9} {:>9}",
+            common::short_name(&l.node, 48),
             l.params,
             l.weight.format.label(),
-            l.weight_sqnr_db
-                .map(|d| format!("{d:.1}"))
-                .unwrap_or("exact".into()),
-            l.act
-                .as_ref()
-                .map(|x| format!("{}@{}", x.format.label(), x.offset))
-                .unwrap_or("fp32".into())
+            c.offsets,
+            c.sqnr,
+            c.input.unwrap_or("fp32".into())
         );
     }
     Ok(())

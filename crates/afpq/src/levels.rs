@@ -14,9 +14,9 @@ pub struct Args {
     /// How the zero exponent field is read.
     #[arg(long, default_value = "subnormal", value_parser = parse_zero_mode)]
     zero_mode: ZeroMode,
-    /// Print JSON: {"format", "zero_mode", "offset", "bits", "levels"}.
-    #[arg(long)]
-    json: bool,
+    /// --json prints {"format", "zero_mode", "offset", "bits", "levels"}.
+    #[command(flatten)]
+    out: crate::common::OutputArgs,
 }
 
 fn parse_format(s: &str) -> Result<(Format, i32), String> {
@@ -43,7 +43,7 @@ pub fn run(args: &Args) -> Result<()> {
     let offset = args.offset.unwrap_or(implied);
     let grid = Grid::new(format, offset)?;
     let levels = grid.levels();
-    if args.json {
+    if args.out.json {
         let out = LevelsJson {
             format: format.name(),
             zero_mode: args.zero_mode.name(),

@@ -2,6 +2,7 @@
 
 mod bench;
 mod common;
+mod demo;
 mod energy;
 mod engine_run;
 mod eval;
@@ -9,6 +10,7 @@ mod export;
 mod inspect;
 mod levels;
 mod quantize;
+mod report;
 mod run;
 mod sweep;
 
@@ -28,6 +30,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The bundled ResNet-8: quantize, evaluate, speed, energy, report, in one table.
+    Demo(demo::Args),
     /// Print every value of a number format in increasing order.
     Levels(levels::Args),
     /// Show a model: inputs, outputs, operators, parameters and MACs per layer, weight statistics.
@@ -46,6 +50,9 @@ enum Command {
     Energy(energy::Args),
     /// Export a .afp model to standard ONNX: decoded f32 weights, or QuantizeLinear/DequantizeLinear.
     Export(export::Args),
+    /// An HTML page about a .afp model: size, bits per layer, weight histograms, accuracy
+    /// against size, energy, per-layer table.
+    Report(report::Args),
 }
 
 /// Output piped into a reader that stops early (`afpq inspect M | head`) ends the process
@@ -64,6 +71,7 @@ fn main() -> ExitCode {
     default_sigpipe();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Demo(args) => demo::run(&args),
         Command::Levels(args) => levels::run(&args),
         Command::Inspect(args) => inspect::run(&args),
         Command::Eval(args) => eval::run(&args),
@@ -73,6 +81,7 @@ fn main() -> ExitCode {
         Command::Sweep(args) => sweep::run(&args),
         Command::Energy(args) => energy::run(&args),
         Command::Export(args) => export::run(&args),
+        Command::Report(args) => report::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,4 +1,4 @@
-use crate::common::{self, DataArgs};
+use crate::common::{self, DataArgs, OutputArgs, ThreadsArg};
 use crate::engine_run::Classifier;
 use afp_format::{offset::OffsetRule, Granularity, ZeroMode};
 use afp_quant::{ActMode, Family, Objective, Plan, QuantizeOptions, QuantizedModel, SearchOptions};
@@ -97,12 +97,25 @@ pub struct Args {
     w: WidthArgs,
     #[command(flatten)]
     q: QuantArgs,
-    #[arg(long)]
-    threads: Option<usize>,
-    #[arg(long)]
-    json: bool,
-    #[arg(long, short)]
-    quiet: bool,
+    #[command(flatten)]
+    threads: ThreadsArg,
+    #[command(flatten)]
+    out: OutputArgs,
+}
+
+/// Width and quantization options as the command line gives them (clap's defaults for what
+/// `args` leaves out), for commands that quantize with fixed settings (`afpq demo`).
+pub fn options_from(args: &[&str]) -> Result<(WidthArgs, QuantArgs)> {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Both {
+        #[command(flatten)]
+        w: WidthArgs,
+        #[command(flatten)]
+        q: QuantArgs,
+    }
+    let m = Both::try_parse_from(std::iter::once("afpq").chain(args.iter().copied()))?;
+    Ok((m.w, m.q))
 }
 
 impl QuantArgs {
@@ -263,9 +276,11 @@ pub fn make_plan(
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()?;
+    let sp = common::spinner(&format!("search {} layers", layers.len()), quiet);
     let (lp, codes) = pool
         .install(|| afp_quant::plan_layers(&g, &layers, &stats, &opts))
         .map_err(anyhow::Error::msg)?;
+    sp.finish_and_clear();
     let totals = afp_quant::totals(&lp);
     let plan = Plan {
         afpq_plan_version: afp_quant::plan::PLAN_VERSION,
@@ -286,6 +301,28 @@ pub fn make_plan(
     Ok(QuantizedModel { plan, codes })
 }
 
+/// Writes the `.afp` file of `q` (quantized from `model`) with the model card at `card`.
+pub fn write_afp(
+    output: &Path,
+    model: &afp_engine::Model,
+    q: &QuantizedModel,
+    card: Option<&Path>,
+) -> Result<afp_quant::afpfile::FileSizes> {
+    // The card goes into the file as given, so the model carries its preprocessing.
+    let card_json = match card {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .map_err(anyhow::Error::from)
+                .and_then(|t| Ok(serde_json::from_str::<serde_json::Value>(&t)?))
+                .with_context(|| format!("reading model card {}", p.display()))?,
+        ),
+        None => None,
+    };
+    afp_quant::afpfile::write(output, &model.proto, q, card_json.as_ref())
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("writing {}", output.display()))
+}
+
 /// Writes `text` to `path` atomically (temporary file in the same folder, then rename).
 pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
     afp_onnx::write_atomic(path, text.as_bytes()).map_err(anyhow::Error::from)
@@ -294,7 +331,7 @@ pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
 pub fn run(a: &Args) -> Result<()> {
     let card = a.data.card()?;
     let path = common::model_path(a.model.as_deref(), card.as_ref())?;
-    let threads = a.threads.unwrap_or_else(common::default_threads);
+    let threads = a.threads.get();
     let t = std::time::Instant::now();
     let model = common::load_model(&path)?;
     let q = make_plan(
@@ -304,7 +341,7 @@ pub fn run(a: &Args) -> Result<()> {
         &a.w,
         &a.q,
         threads,
-        a.quiet || a.json,
+        a.out.no_progress(),
     )?;
     let seconds = t.elapsed().as_secs_f64();
     let plan = &q.plan;
@@ -333,17 +370,7 @@ pub fn run(a: &Args) -> Result<()> {
         "model": plan.model, "plan": a.output.display().to_string(), "options": plan.options,
         "calibration_images": plan.calibration.len(), "totals": plan.totals, "layers": layers,
     });
-    // The card goes into the file as given, so the model carries its preprocessing.
-    let card_json = match &a.data.card {
-        Some(p) => Some(
-            serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(p)?)
-                .with_context(|| format!("reading model card {}", p.display()))?,
-        ),
-        None => None,
-    };
-    let sizes = afp_quant::afpfile::write(&a.output, &model.proto, &q, card_json.as_ref())
-        .map_err(anyhow::Error::msg)
-        .with_context(|| format!("writing {}", a.output.display()))?;
+    let sizes = write_afp(&a.output, &model, &q, a.data.card.as_deref())?;
     let mut report = report;
     report["file"] = json!(sizes);
     if let Err(e) = write_atomic(&report_path, &serde_json::to_string_pretty(&report)?) {
@@ -352,7 +379,7 @@ pub fn run(a: &Args) -> Result<()> {
         return Err(e);
     }
     let t = &plan.totals;
-    if a.json {
+    if a.out.json {
         println!(
             "{}",
             json!({"plan": a.output.display().to_string(), "report": report_path.display().to_string(), "totals": t, "file": sizes, "seconds": seconds, "calibration_images": plan.calibration.len(), "search_evaluations": evals, "search_space": space})

@@ -1,4 +1,4 @@
-use crate::common::{self, DataArgs};
+use crate::common::{self, DataArgs, OutputArgs, ThreadsArg};
 use anyhow::{Context, Result};
 use serde_json::json;
 use std::path::PathBuf;
@@ -12,11 +12,10 @@ pub struct Args {
     images: Vec<PathBuf>,
     #[command(flatten)]
     data: DataArgs,
-    /// Threads (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    threads: ThreadsArg,
+    #[command(flatten)]
+    out: OutputArgs,
     /// Also write the preprocessed images (N x C x H x W, f32) to this .npy file, so another
     /// runtime can be given exactly the same input.
     #[arg(long)]
@@ -35,9 +34,9 @@ fn class_names(src: &common::DataSource, a: &DataArgs) -> Option<Vec<String>> {
 
 pub fn run(a: &Args) -> Result<()> {
     let src = a.data.source()?;
-    let threads = a.threads.unwrap_or_else(common::default_threads);
+    let threads = a.threads.get();
     let mut clf = crate::engine_run::open(&a.model, threads, a.engine)?;
-    clf.quiet = a.json;
+    clf.quiet = a.out.json;
     clf.check_input(src.preprocess.chw())?;
     let per = src.preprocess.image_len();
     let mut x = vec![0f32; per * a.images.len()];
@@ -80,7 +79,7 @@ pub fn run(a: &Args) -> Result<()> {
                 json!({"class": c, "name": name, "score": row[c], "probability": probs[c]})
             })
             .collect();
-        if !a.json {
+        if !a.out.json {
             println!("{}", img.display());
             for e in &entries {
                 println!(
@@ -93,7 +92,7 @@ pub fn run(a: &Args) -> Result<()> {
         }
         all.push(json!({"image": img.display().to_string(), "top5": entries}));
     }
-    if a.json {
+    if a.out.json {
         println!("{}", serde_json::Value::Array(all));
     }
     Ok(())
