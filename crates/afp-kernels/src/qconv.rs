@@ -150,6 +150,8 @@ pub struct QConv {
     enc: ActEncoder,
     mult: Vec<f32>,
     bias: Option<Vec<f32>>,
+    /// A per-channel scale and shift after the bias (see [`QConv::with_affine`]).
+    affine: Option<(Vec<f32>, Vec<f32>)>,
     pub act: Activation,
 }
 
@@ -347,8 +349,30 @@ impl QConv {
             enc,
             mult,
             bias,
+            affine: None,
             act,
         })
+    }
+
+    /// Fuses a following per-channel `x * scale + shift` (an unfolded BatchNormalization) and
+    /// its activation into the epilogue, replacing this layer's own activation, which must be
+    /// none: `act((sum * mult + bias) * scale + shift)`, the same f32 operations in the same
+    /// order as the separate node.
+    pub fn with_affine(
+        mut self,
+        scale: Vec<f32>,
+        shift: Vec<f32>,
+        act: Activation,
+    ) -> Result<QConv, String> {
+        if self.act != Activation::None {
+            return Err("an activation lies between the layer and its scale".into());
+        }
+        if scale.len() != self.conv.c_out || shift.len() != self.conv.c_out {
+            return Err("scale and shift need one value per output channel".into());
+        }
+        self.affine = Some((scale, shift));
+        self.act = act;
+        Ok(self)
     }
 
     /// Bytes of weight data held (integers, scales, bias).
@@ -504,6 +528,10 @@ impl QConv {
                 bias: self.bias.as_ref().map(|b| &b[rows.clone()]),
                 act: self.act,
                 zero_corr: zero_corr.map(|z| &z[rows.clone()]),
+                affine: self
+                    .affine
+                    .as_ref()
+                    .map(|(a, b)| (&a[rows.clone()], &b[rows.clone()])),
             }
         };
         if direct && ohw <= GEMV_MAX_COLS && matches!(groups[0], PackedWeights::U8I8(..)) {
@@ -632,6 +660,10 @@ impl QConv {
                 let (m, b) = (self.mult[co], self.bias.as_ref().map_or(0.0, |b| b[co]));
                 for (d, &a) in dst.iter_mut().zip(acc.iter()) {
                     *d = a as f32 * m + b;
+                }
+                if let Some((sc, sh)) = &self.affine {
+                    let (sc, sh) = (sc[co], sh[co]);
+                    dst.iter_mut().for_each(|x| *x = *x * sc + sh);
                 }
                 self.act.apply_slice(dst);
             });

@@ -505,6 +505,9 @@ pub struct Epilogue<'a> {
     pub act: Activation,
     /// The shift of signed activations stored as u8 (`zero * sum_k w[r][k]`).
     pub zero_corr: Option<&'a [i64]>,
+    /// A following per-channel `x * scale[r] + shift[r]` (an unfolded BatchNormalization),
+    /// applied after the bias and before `act`, in that order of f32 operations.
+    pub affine: Option<(&'a [f32], &'a [f32])>,
 }
 
 /// Output of a product: element `(r, j)` at `ptr[r * rs + j * cs]`. Shared by the threads of
@@ -566,6 +569,10 @@ unsafe fn store_tile(
                     *v = (a - corr) as f32 * m + b;
                 }
             }
+        }
+        if let Some((sc, sh)) = ep.affine {
+            let (sc, sh) = (sc[r], sh[r]);
+            v.iter_mut().for_each(|x| *x = *x * sc + sh);
         }
         // The common activations inline on the whole (fixed-size) row.
         match ep.act {
@@ -695,6 +702,7 @@ mod tests {
                         bias: Some(&bias),
                         act,
                         zero_corr: Some(&corr),
+                        affine: None,
                     };
                     let mut got = vec![f32::NAN; m * n];
                     let (rs, cs) = if transposed { (1, m) } else { (n, 1) };
@@ -736,6 +744,7 @@ mod tests {
             bias: None,
             act: Activation::None,
             zero_corr: None,
+            affine: None,
         };
         let mut got = vec![f32::NAN; m * n];
         let out = OutPtr::new(&mut got, n, 1);
@@ -766,6 +775,7 @@ mod tests {
             bias: None,
             act: Activation::None,
             zero_corr: None,
+            affine: None,
         };
         let mut got = vec![0f32; 64];
         let out = OutPtr::new(&mut got, 16, 1);

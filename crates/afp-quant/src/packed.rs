@@ -11,7 +11,9 @@ use std::sync::Arc;
 
 /// Packed layers by node name, ready to replace the f32 nodes of a lowered graph.
 pub struct PackedModel {
-    layers: Vec<(String, Op)>,
+    /// Node name, its packed op, and the name of a following BatchNormalization node fused
+    /// into the op's epilogue.
+    layers: Vec<(String, Op, Option<String>)>,
 }
 
 /// One packed layer, for reports.
@@ -26,7 +28,7 @@ impl PackedModel {
     pub fn layers(&self) -> Vec<PackedLayerInfo> {
         self.layers
             .iter()
-            .map(|(node, op)| {
+            .map(|(node, op, _)| {
                 let (kernel, weight_bytes) = match op {
                     Op::QConv(q) => (q.kernel_name(), q.weight_bytes()),
                     Op::QGemm(q) => (q.kernel_name(), q.weight_bytes()),
@@ -222,10 +224,17 @@ pub fn pack(g: &Graph, q: &QuantizedModel) -> Result<PackedModel, String> {
                 *b += c;
             }
         }
+        let mut fused = None;
         let op = match &node.op {
-            Op::Conv { conv, act } => Op::QConv(Arc::new(
-                QConv::new(conv.clone(), &ints, w_max, enc, mult, bias, *act).map_err(what)?,
-            )),
+            Op::Conv { conv, act } => {
+                let mut q =
+                    QConv::new(conv.clone(), &ints, w_max, enc, mult, bias, *act).map_err(what)?;
+                if let Some((name, scale, shift, bn_act)) = following_affine(g, node) {
+                    q = q.with_affine(scale, shift, bn_act).map_err(what)?;
+                    fused = Some(name);
+                }
+                Op::QConv(Arc::new(q))
+            }
             Op::Gemm { trans_a: true, .. } => {
                 return Err(what("Gemm with transA has no packed kernel".into()))
             }
@@ -234,15 +243,44 @@ pub fn pack(g: &Graph, q: &QuantizedModel) -> Result<PackedModel, String> {
             )),
             _ => unreachable!("checked above"),
         };
-        layers.push((lp.node.clone(), op));
+        layers.push((lp.node.clone(), op, fused));
     }
     Ok(PackedModel { layers })
+}
+
+/// The BatchNormalization (per-channel scale and shift) that alone reads `node`'s output,
+/// when `node` has no activation of its own: name, scale, shift and its activation.
+fn following_affine(
+    g: &Graph,
+    node: &afp_engine::ir::Node,
+) -> Option<(String, Vec<f32>, Vec<f32>, afp_kernels::Activation)> {
+    if !matches!(
+        node.op,
+        Op::Conv {
+            act: afp_kernels::Activation::None,
+            ..
+        }
+    ) || g.outputs.contains(&node.output)
+    {
+        return None;
+    }
+    let mut readers = g.nodes.iter().filter(|n| n.inputs.contains(&node.output));
+    let bn = readers.next()?;
+    if readers.next().is_some() || bn.inputs.first() != Some(&node.output) {
+        return None;
+    }
+    let Op::ChannelAffine { act } = bn.op else {
+        return None;
+    };
+    let scale = g.const_f32(*bn.inputs.get(1)?)?.to_vec();
+    let shift = g.const_f32(*bn.inputs.get(2)?)?.to_vec();
+    Some((bn.name.clone(), scale, shift, act))
 }
 
 /// Replaces the planned nodes of `g` by their packed layers; weights and biases they no
 /// longer read are dropped from the graph.
 pub fn apply_packed(g: &mut Graph, p: &PackedModel) -> Result<(), String> {
-    for (name, op) in &p.layers {
+    for (name, op, fused) in &p.layers {
         let k = g
             .nodes
             .iter()
@@ -257,6 +295,23 @@ pub fn apply_packed(g: &mut Graph, p: &PackedModel) -> Result<(), String> {
         }
         n.op = op.clone();
         let dropped: Vec<usize> = n.inputs.drain(1..).collect();
+        if let Some(bn) = fused {
+            // The packed op computes the BatchNormalization too: it writes that node's output.
+            let j = g.nodes.iter().position(|n| &n.name == bn).ok_or_else(|| {
+                format!("layer {name:?}: its BatchNormalization {bn:?} is not in the model")
+            })?;
+            let mut removed = g.nodes.remove(j);
+            if removed.inputs.first() != Some(&g.nodes[k].output) {
+                return Err(format!("layer {name:?}: {bn:?} does not read it"));
+            }
+            g.nodes[k].output = removed.output;
+            let uses = g.use_counts();
+            for v in removed.inputs.drain(1..) {
+                if uses[v] == 0 {
+                    g.values[v].konst = None;
+                }
+            }
+        }
         let uses = g.use_counts();
         for v in dropped {
             if uses[v] == 0 {
