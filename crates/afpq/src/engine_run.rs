@@ -97,7 +97,12 @@ impl Classifier {
                     Some(pm) if self.engine != Engine::Simulated => {
                         afp_quant::packed::apply_packed(&mut g, pm)
                             .map_err(anyhow::Error::msg)
-                            .context("applying the packed layers")?
+                            .context("applying the packed layers")?;
+                        // Every later session reuses the packed layers: the unpacked codes
+                        // (one byte per weight) are not needed any more.
+                        if let Some(q) = self.plan.as_mut() {
+                            q.codes = Vec::new();
+                        }
                     }
                     _ => afp_quant::apply(&mut g, p)
                         .map_err(anyhow::Error::msg)
