@@ -10,11 +10,16 @@ pub mod calib;
 pub mod energy;
 pub mod export;
 pub mod gptq;
+pub mod knapsack;
 pub mod plan;
 pub mod quantize;
 pub mod search;
+pub mod sensitivity;
 pub mod weights;
 
 pub use plan::{Plan, QuantizedModel};
-pub use quantize::{apply, plan_layers, quantizable_layers, totals, ActMode, QuantizeOptions};
+pub use quantize::{
+    apply, plan_layers, plan_layers_probed, quantizable_layers, totals, ActMode, Allocation,
+    PlanDiagnostics, ProbeImages, QuantizeOptions,
+};
 pub use search::{Family, Objective, SearchOptions, Strategy};

@@ -5,6 +5,7 @@ use crate::calib::InputStats;
 use crate::plan::{LayerPlan, QuantizedModel, Totals};
 use crate::search::{self, Family, SearchOptions};
 use crate::weights::{self, WeightView};
+use crate::{knapsack, sensitivity};
 use afp_engine::ir::{Graph, Node, Op, Value};
 use afp_engine::Const;
 use rayon::prelude::*;
@@ -34,6 +35,78 @@ pub struct QuantizeOptions {
     pub max_bits: u32,
     /// Error-compensating rounding (needs Hessians from calibration); `None`: nearest.
     pub gptq: Option<crate::gptq::GptqOptions>,
+    /// How a weight budget (`avg_bits`) is spread over the layers.
+    pub allocation: Allocation,
+    /// With sensitivity allocation: how many (layer, width) pairs to quantize alone and
+    /// measure, to check the predicted cost against the measured KL.
+    pub check_proxy: usize,
+}
+
+/// How `avg_bits` is spread over the layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allocation {
+    /// Greedy on each layer's own weight objective (the search's score).
+    WeightError,
+    /// Exact knapsack on the predicted network cost `s_l * e_l(b)` (see [`crate::sensitivity`]):
+    /// needs input Hessians from calibration and probe images.
+    Sensitivity,
+}
+
+impl std::str::FromStr for Allocation {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Allocation, String> {
+        match s {
+            "weight-error" => Ok(Allocation::WeightError),
+            "sensitivity" => Ok(Allocation::Sensitivity),
+            _ => Err(format!(
+                "unknown allocation {s:?}: weight-error, sensitivity"
+            )),
+        }
+    }
+}
+
+impl QuantizeOptions {
+    /// Whether calibration must accumulate input Hessians (GPTQ, sensitivity allocation).
+    pub fn needs_hessians(&self) -> bool {
+        self.gptq.is_some() || self.sensitivity_allocation()
+    }
+    /// Whether the weight budget is allocated by measured sensitivity.
+    pub fn sensitivity_allocation(&self) -> bool {
+        self.avg_bits.is_some()
+            && self.search.family.fixed_bits().is_none()
+            && self.allocation == Allocation::Sensitivity
+    }
+}
+
+/// Calibration images run through the FP32 graph (its batch size) for sensitivity allocation:
+/// `input` to measure the sensitivities, `check` (other images) to check the prediction.
+pub struct ProbeImages {
+    pub input: Vec<f32>,
+    pub check: Option<Vec<f32>>,
+    pub threads: usize,
+}
+
+/// One (layer, width) of the proxy check: predicted and measured KL of quantizing that layer
+/// alone.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ProxyPoint {
+    pub layer: String,
+    pub bits: u32,
+    pub output_error: f64,
+    pub predicted_kl: f64,
+    pub measured_kl: f64,
+}
+
+/// What planning found besides the plan.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PlanDiagnostics {
+    /// The relative output energy of the noise that measured the sensitivities.
+    pub noise_level: Option<f64>,
+    pub proxy_check: Vec<ProxyPoint>,
+    /// Spearman rank correlation of predicted and measured KL over `proxy_check`.
+    pub proxy_rank_correlation: Option<f64>,
+    /// Seconds spent measuring sensitivities (forward passes).
+    pub sensitivity_seconds: Option<f64>,
 }
 
 /// Nodes whose weights are quantized: Conv, Gemm and 2-D MatMul with a constant weight.
@@ -54,6 +127,17 @@ pub fn plan_layers(
     stats: &[InputStats],
     o: &QuantizeOptions,
 ) -> Result<(Vec<LayerPlan>, Vec<Vec<u8>>), String> {
+    plan_layers_probed(g, layers, stats, o, None).map(|(l, c, _)| (l, c))
+}
+
+/// As [`plan_layers`], with probe images for sensitivity allocation (required by it).
+pub fn plan_layers_probed(
+    g: &Graph,
+    layers: &[usize],
+    stats: &[InputStats],
+    o: &QuantizeOptions,
+    probe: Option<&ProbeImages>,
+) -> Result<(Vec<LayerPlan>, Vec<Vec<u8>>, PlanDiagnostics), String> {
     let views: Vec<WeightView> = layers
         .iter()
         .map(|&k| WeightView::of(g, &g.nodes[k]).expect("quantizable"))
@@ -65,7 +149,7 @@ pub fn plan_layers(
         (None, Some(_)) => (o.min_bits..=o.max_bits).collect(),
         (None, None) => vec![o.bits],
     };
-    let per_layer: Vec<Vec<search::WeightChoice>> = (0..layers.len())
+    let mut per_layer: Vec<Vec<search::WeightChoice>> = (0..layers.len())
         .into_par_iter()
         .map(|i| {
             let ws: Vec<u32> = if first_last(i) && o.search.family.fixed_bits().is_none() {
@@ -81,13 +165,135 @@ pub fn plan_layers(
                 .collect::<Result<Vec<_>, String>>()
         })
         .collect::<Result<_, _>>()?;
+    let params: Vec<usize> = views.iter().map(|v| v.data.len()).collect();
+    let mut diag = PlanDiagnostics::default();
+    // Per layer: sensitivity and relative output error of the chosen width.
+    let mut sens_info: Vec<Option<(f64, f64)>> = vec![None; layers.len()];
+    let mut rounded = false;
     let pick: Vec<usize> = match o.avg_bits {
+        Some(avg) if o.sensitivity_allocation() => {
+            let probe = probe.ok_or("sensitivity allocation needs probe images")?;
+            if stats.iter().any(|s| s.hessians.is_empty()) {
+                return Err(
+                    "sensitivity allocation needs the input Hessians from calibration".into(),
+                );
+            }
+            // Every candidate rounded as it will be (GPTQ: one factorization per layer).
+            if let Some(go) = o.gptq {
+                per_layer = per_layer
+                    .into_par_iter()
+                    .enumerate()
+                    .map(|(i, cs)| {
+                        gptq_widths(&views[i], &stats[i], cs, go)
+                            .map_err(|e| format!("layer {}: {e}", g.nodes[layers[i]].name))
+                    })
+                    .collect::<Result<_, _>>()?;
+                rounded = true;
+            }
+            let signals: Vec<f64> = (0..layers.len())
+                .into_par_iter()
+                .map(|i| {
+                    sensitivity::output_energy(
+                        &views[i].data,
+                        views[i].channels,
+                        &stats[i].hessians,
+                    )
+                })
+                .collect::<Result<_, _>>()?;
+            let errors: Vec<Vec<f64>> = (0..layers.len())
+                .into_par_iter()
+                .map(|i| {
+                    per_layer[i]
+                        .iter()
+                        .map(|c| {
+                            sensitivity::relative_output_error(
+                                &views[i],
+                                &c.decoded,
+                                &stats[i].hessians,
+                                signals[i],
+                            )
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .collect::<Result<_, _>>()?;
+            // Noise at the typical error of the width nearest the budget: the decisions are
+            // made around it.
+            let mid = avg.round() as u32;
+            let mut at_mid: Vec<f64> = per_layer
+                .iter()
+                .zip(&errors)
+                .filter_map(|(cs, es)| {
+                    cs.iter()
+                        .position(|c| c.plan.format.bits == mid)
+                        .map(|j| es[j])
+                })
+                .filter(|&e| e > 0.0)
+                .collect();
+            at_mid.sort_by(f64::total_cmp);
+            let level = at_mid
+                .get(at_mid.len() / 2)
+                .copied()
+                .unwrap_or(1e-2)
+                .clamp(1e-4, 0.1);
+            let t = std::time::Instant::now();
+            let mut pr = sensitivity::Probe::new(g, probe.input.clone(), probe.threads)?;
+            let hs: Vec<&[crate::gptq::Hessian]> =
+                stats.iter().map(|s| s.hessians.as_slice()).collect();
+            let s = sensitivity::measure(&mut pr, g, layers, &views, &hs, &signals, level)?;
+            diag.noise_level = Some(level);
+            diag.sensitivity_seconds = Some(t.elapsed().as_secs_f64());
+            let opts: Vec<Vec<(u32, f64)>> = per_layer
+                .iter()
+                .zip(&errors)
+                .zip(&s)
+                .map(|((cs, es), &sl)| {
+                    cs.iter()
+                        .zip(es)
+                        .map(|(c, &e)| (c.plan.format.bits, sl * e))
+                        .collect()
+                })
+                .collect();
+            let total: usize = params.iter().sum();
+            let pick = knapsack::solve(&opts, &params, avg * total as f64)?;
+            for i in 0..layers.len() {
+                sens_info[i] = Some((s[i], errors[i][pick[i]]));
+            }
+            if o.check_proxy > 0 {
+                let mut pc = match &probe.check {
+                    Some(x) => sensitivity::Probe::new(g, x.clone(), probe.threads)?,
+                    None => pr,
+                };
+                let free: Vec<usize> = (0..layers.len())
+                    .filter(|&i| per_layer[i].len() > 1)
+                    .collect();
+                let n = o.check_proxy.min(free.len() * 2);
+                for j in 0..n {
+                    let i = free[j * free.len() / n];
+                    let w = j % per_layer[i].len().min(4);
+                    let c = &per_layer[i][w];
+                    let measured = pc.kl_with(g, layers[i], &views[i], &c.decoded)?;
+                    diag.proxy_check.push(ProxyPoint {
+                        layer: g.nodes[layers[i]].name.clone(),
+                        bits: c.plan.format.bits,
+                        output_error: errors[i][w],
+                        predicted_kl: opts[i][w].1,
+                        measured_kl: measured,
+                    });
+                }
+                let (a, b): (Vec<f64>, Vec<f64>) = diag
+                    .proxy_check
+                    .iter()
+                    .map(|p| (p.predicted_kl, p.measured_kl))
+                    .unzip();
+                diag.proxy_rank_correlation = (a.len() > 1).then(|| sensitivity::spearman(&a, &b));
+            }
+            pick
+        }
         Some(avg) if o.search.family.fixed_bits().is_none() => {
             let opts: Vec<Vec<(u32, f64)>> = per_layer
                 .iter()
                 .map(|cs| cs.iter().map(|c| (c.plan.format.bits, c.score)).collect())
                 .collect();
-            let params: Vec<usize> = views.iter().map(|v| v.data.len()).collect();
             let total: usize = params.iter().sum();
             search::allocate(&opts, &params, avg * total as f64)?
         }
@@ -136,6 +342,7 @@ pub fn plan_layers(
         .map(|i| {
             let c = per_layer[i][pick[i]].clone();
             match o.gptq {
+                Some(_) if rounded => Ok(c),
                 Some(go) => gptq_rounding(&views[i], &stats[i], c, go)
                     .map_err(|e| format!("layer {}: {e}", g.nodes[layers[i]].name)),
                 None => Ok(c),
@@ -176,41 +383,63 @@ pub fn plan_layers(
             search_evaluations: c.evaluations,
             search_space: c.space,
             bias_correction,
+            sensitivity: sens_info[i].map(|s| s.0),
+            output_error: sens_info[i].map(|s| s.1),
         });
         codes.push(
             weights::encode_decoded(&c.plan, &c.decoded, views[i].channels, views[i].reduction)
                 .map_err(|e| format!("layer {}: {e}", n.name))?,
         );
     }
-    Ok((out, codes))
+    Ok((out, codes, diag))
 }
 
 /// Re-rounds a chosen configuration's weights with GPTQ, keeping its formats and offsets.
 fn gptq_rounding(
     w: &WeightView,
     stats: &InputStats,
-    mut c: search::WeightChoice,
+    c: search::WeightChoice,
     o: crate::gptq::GptqOptions,
 ) -> Result<search::WeightChoice, String> {
+    Ok(gptq_widths(w, stats, vec![c], o)?.remove(0))
+}
+
+/// Re-rounds several configurations of one layer's weights (the candidate widths) with GPTQ,
+/// factoring each group's Hessian once.
+fn gptq_widths(
+    w: &WeightView,
+    stats: &InputStats,
+    cs: Vec<search::WeightChoice>,
+    o: crate::gptq::GptqOptions,
+) -> Result<Vec<search::WeightChoice>, String> {
     let groups = stats.hessians.len();
     if groups == 0 || !w.channels.is_multiple_of(groups) {
         return Err("GPTQ rounding needs the input Hessians from calibration".into());
     }
     let per_group = w.channels / groups;
     let k = w.reduction;
-    let round = weights::channel_rounder(&c.plan, w.channels, k)?;
-    let mut decoded = Vec::with_capacity(w.data.len());
-    for (gi, h) in stats.hessians.iter().enumerate() {
-        if h.k != k {
-            return Err(format!("Hessian of size {} for {k} inputs", h.k));
-        }
-        let rows = &w.data[gi * per_group * k..(gi + 1) * per_group * k];
-        let shifted = |r: usize, v: f32| round(gi * per_group + r, v);
-        decoded.extend(crate::gptq::round(rows, per_group, h, o, &shifted)?);
+    if let Some(h) = stats.hessians.iter().find(|h| h.k != k) {
+        return Err(format!("Hessian of size {} for {k} inputs", h.k));
     }
-    c.sqnr_db = Some(weights::sqnr_db(&w.data, &decoded)).filter(|v| v.is_finite());
-    c.decoded = decoded;
-    Ok(c)
+    let factors: Vec<crate::gptq::Factor> = stats
+        .hessians
+        .iter()
+        .map(|h| crate::gptq::Factor::new(h, o))
+        .collect::<Result<_, _>>()?;
+    cs.into_iter()
+        .map(|mut c| {
+            let round = weights::channel_rounder(&c.plan, w.channels, k)?;
+            let mut decoded = Vec::with_capacity(w.data.len());
+            for (gi, f) in factors.iter().enumerate() {
+                let rows = &w.data[gi * per_group * k..(gi + 1) * per_group * k];
+                let shifted = |r: usize, v: f32| round(gi * per_group + r, v);
+                decoded.extend(f.round(rows, per_group, &shifted)?);
+            }
+            c.sqnr_db = Some(weights::sqnr_db(&w.data, &decoded)).filter(|v| v.is_finite());
+            c.decoded = decoded;
+            Ok(c)
+        })
+        .collect()
 }
 
 /// The bias change that cancels the mean output shift of quantized weights:

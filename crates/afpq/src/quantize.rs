@@ -13,7 +13,7 @@ pub struct WidthArgs {
     #[arg(long, default_value_t = 8)]
     pub bits: u32,
     /// Model-wide average weight bits (by parameter count); per-layer widths from 3 to 8 are
-    /// chosen to minimize the summed objective.
+    /// chosen by --allocate.
     #[arg(long)]
     pub avg_bits: Option<f64>,
     /// Format family: afp, int, fp8-e4m3, fp8-e5m2, fp6-e3m2, fp6-e2m3, fp4-e2m1.
@@ -74,6 +74,18 @@ pub struct QuantArgs {
     /// GPTQ damping, relative to the mean of the Hessian's diagonal.
     #[arg(long, default_value_t = 0.01)]
     pub gptq_damp: f64,
+    /// How --avg-bits is spread over the layers: weight-error (greedy on each layer's own
+    /// weight objective) or sensitivity (exact knapsack on the predicted network cost: each
+    /// layer's relative output error at each width, rounded as --rounding says, times the KL
+    /// per unit of output error measured by injecting noise into that layer; one forward pass
+    /// of 8 calibration images per layer).
+    #[arg(long, default_value = "weight-error")]
+    pub allocate: String,
+    /// With --allocate sensitivity: quantize N (layer, width) pairs alone and compare the
+    /// predicted KL with the KL measured on 8 other calibration images (report: rank
+    /// correlation).
+    #[arg(long, default_value_t = 0)]
+    pub check_proxy: usize,
 }
 
 #[derive(clap::Args)]
@@ -165,6 +177,11 @@ impl QuantArgs {
                 }
                 r => bail!("--rounding is nearest or gptq, not {r:?}"),
             },
+            allocation: self
+                .allocate
+                .parse::<afp_quant::Allocation>()
+                .map_err(anyhow::Error::msg)?,
+            check_proxy: self.check_proxy,
         })
     }
 
@@ -176,12 +193,13 @@ impl QuantArgs {
             "keep_first_last": self.keep_first_last, "bias_correct": self.bias_correct, "calib": self.calib,
             "search": self.search, "fold_bn": self.fold_bn, "rounding": self.rounding,
             "gptq_damp": (self.rounding == "gptq").then_some(self.gptq_damp),
+            "allocate": w.avg_bits.is_some().then_some(&self.allocate),
         })
     }
 }
 
 /// Calibrates and plans `model` (read from `model_path`). Returns the plan and codes (not
-/// yet written).
+/// yet written), and what the sensitivity allocation measured.
 pub fn make_plan(
     model: &afp_engine::Model,
     model_path: &Path,
@@ -190,7 +208,7 @@ pub fn make_plan(
     q: &QuantArgs,
     threads: usize,
     quiet: bool,
-) -> Result<QuantizedModel> {
+) -> Result<(QuantizedModel, afp_quant::PlanDiagnostics)> {
     let opts = q.options(w)?;
     let src = data.source()?;
     let ds = data.dataset(&src)?;
@@ -226,7 +244,9 @@ pub fn make_plan(
             );
         }
     }
-    let mut cal = afp_quant::calib::Calibrator::new(&g, &layers, opts.gptq.is_some());
+    let mut cal = afp_quant::calib::Calibrator::new(&g, &layers, opts.needs_hessians());
+    // The first two calibration batches: sensitivity measurement and its check.
+    let mut probes: Vec<Vec<f32>> = Vec::new();
     let mut session = afp_engine::Session::new(g.clone(), threads)?;
     let pb = common::progress(idx.len() as u64, "calibrate", quiet);
     let per = src.preprocess.image_len();
@@ -240,6 +260,9 @@ pub fn make_plan(
             }
         }
         cal.observe(&mut session, &x)?;
+        if opts.sensitivity_allocation() && probes.len() < 2 {
+            probes.push(x);
+        }
         pb.inc(chunk.len() as u64);
     }
     pb.finish_and_clear();
@@ -257,8 +280,14 @@ pub fn make_plan(
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()?;
-    let (lp, codes) = pool
-        .install(|| afp_quant::plan_layers(&g, &layers, &stats, &opts))
+    let mut probes = probes.into_iter();
+    let probe = probes.next().map(|input| afp_quant::ProbeImages {
+        input,
+        check: probes.next(),
+        threads,
+    });
+    let (lp, codes, diag) = pool
+        .install(|| afp_quant::plan_layers_probed(&g, &layers, &stats, &opts, probe.as_ref()))
         .map_err(anyhow::Error::msg)?;
     let totals = afp_quant::totals(&lp);
     let plan = Plan {
@@ -277,7 +306,7 @@ pub fn make_plan(
         layers: lp,
         totals,
     };
-    Ok(QuantizedModel { plan, codes })
+    Ok((QuantizedModel { plan, codes }, diag))
 }
 
 /// Writes `text` to `path` atomically (temporary file in the same folder, then rename).
@@ -291,7 +320,7 @@ pub fn run(a: &Args) -> Result<()> {
     let threads = a.threads.unwrap_or_else(common::default_threads);
     let t = std::time::Instant::now();
     let model = common::load_model(&path)?;
-    let q = make_plan(
+    let (q, diag) = make_plan(
         &model,
         &path,
         &a.data,
@@ -317,6 +346,7 @@ pub fn run(a: &Args) -> Result<()> {
                 "act_format": l.act.as_ref().map(|a| a.format.label()), "act_offset": l.act.as_ref().map(|a| a.offset),
                 "act_sqnr_db": l.act.as_ref().map(|a| a.sqnr_db),
                 "search_evaluations": l.search_evaluations, "search_space": l.search_space,
+                "sensitivity": l.sensitivity, "output_error": l.output_error,
             })
         })
         .collect();
@@ -326,6 +356,7 @@ pub fn run(a: &Args) -> Result<()> {
         "search_evaluations": evals, "search_space": space,
         "model": plan.model, "plan": a.output.display().to_string(), "options": plan.options,
         "calibration_images": plan.calibration.len(), "totals": plan.totals, "layers": layers,
+        "allocation": diag,
     });
     // The card goes into the file as given, so the model carries its preprocessing.
     let card_json = match &a.data.card {
@@ -349,7 +380,7 @@ pub fn run(a: &Args) -> Result<()> {
     if a.json {
         println!(
             "{}",
-            json!({"plan": a.output.display().to_string(), "report": report_path.display().to_string(), "totals": t, "file": sizes, "seconds": seconds, "calibration_images": plan.calibration.len(), "search_evaluations": evals, "search_space": space})
+            json!({"plan": a.output.display().to_string(), "report": report_path.display().to_string(), "totals": t, "file": sizes, "seconds": seconds, "calibration_images": plan.calibration.len(), "search_evaluations": evals, "search_space": space, "proxy_rank_correlation": diag.proxy_rank_correlation, "sensitivity_seconds": diag.sensitivity_seconds})
         );
     } else {
         println!(
@@ -371,6 +402,18 @@ pub fn run(a: &Args) -> Result<()> {
             "calibrated on {} images; {evals} weight configurations evaluated (space of the search: {space}); {seconds:.1} s",
             plan.calibration.len()
         );
+        if let Some(t) = diag.sensitivity_seconds {
+            println!(
+                "sensitivity allocation: noise at {:.2e} relative output energy, {t:.1} s of forward passes",
+                diag.noise_level.unwrap_or(0.0)
+            );
+        }
+        if let Some(r) = diag.proxy_rank_correlation {
+            println!(
+                "proxy check: rank correlation {r:.3} between predicted and measured KL over {} (layer, width) pairs",
+                diag.proxy_check.len()
+            );
+        }
         println!(
             "wrote {} ({} bytes: {} of packed weights, {} of other tensors, {:.2}% overhead) and {}",
             a.output.display(),

@@ -64,7 +64,7 @@ pub fn run(a: &Args) -> Result<()> {
                 avg_bits: None,
                 format: fam.clone(),
             };
-            let q = make_plan(&base.model, &path, &a.data, &w, &a.q, threads, quiet)?;
+            let (q, _) = make_plan(&base.model, &path, &a.data, &w, &a.q, threads, quiet)?;
             let mut clf = Classifier::new(base.model.clone(), threads)?;
             let plan = q.plan.clone();
             clf.plan = Some(q);
