@@ -183,17 +183,13 @@ mod tests {
     }
 
     #[test]
-    fn beats_the_greedy_allocation_on_a_non_convex_instance() {
-        // Layer 0 gains nothing from 5 bits but much from 6: greedy stops at 4.
-        let opts = vec![
-            vec![(4, 1.0), (5, 1.0), (6, 0.0)],
-            vec![(4, 0.5), (5, 0.3), (6, 0.2)],
-        ];
-        let w = [10, 10];
-        let pick = solve(&opts, &w, 100.0).unwrap();
-        assert_eq!(pick, vec![2, 0]);
-        let greedy = crate::search::allocate(&opts, &w, 100.0).unwrap();
-        assert_eq!(greedy, vec![0, 2]);
+    fn beats_the_greedy_allocation() {
+        // Layer 0's extra bit has the best gain per bit, but taking it leaves no room for
+        // layer 1's larger gain: greedy takes it, the exact solution does not.
+        let opts = vec![vec![(4, 1.0), (5, 0.5)], vec![(4, 1.0), (5, 0.1)]];
+        let w = [10, 20];
+        assert_eq!(solve(&opts, &w, 140.0).unwrap(), vec![0, 1]);
+        assert_eq!(crate::search::allocate(&opts, &w, 140.0).unwrap(), vec![1, 0]);
     }
 
     #[test]
