@@ -543,6 +543,7 @@ pub(crate) mod tests {
             max_bits: 8,
             gptq: None,
             allocation: crate::quantize::Allocation::WeightError,
+            act_objective: crate::quantize::ActObjective::Mse,
             check_proxy: 0,
         };
         let (mut lp, codes) = plan_layers(&g, &layers, &stats, &o).unwrap();

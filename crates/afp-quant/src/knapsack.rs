@@ -189,7 +189,10 @@ mod tests {
         let opts = vec![vec![(4, 1.0), (5, 0.5)], vec![(4, 1.0), (5, 0.1)]];
         let w = [10, 20];
         assert_eq!(solve(&opts, &w, 140.0).unwrap(), vec![0, 1]);
-        assert_eq!(crate::search::allocate(&opts, &w, 140.0).unwrap(), vec![1, 0]);
+        assert_eq!(
+            crate::search::allocate(&opts, &w, 140.0).unwrap(),
+            vec![1, 0]
+        );
     }
 
     #[test]

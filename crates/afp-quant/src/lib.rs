@@ -4,6 +4,7 @@
 //! inference of a plan against FP32 and INT8 dynamic quantization ([`energy`]); the `.afp` file
 //! ([`afpfile`]); GPTQ rounding ([`gptq`]); export to standard ONNX ([`export`]).
 
+pub mod actcal;
 pub mod afpfile;
 pub mod bayes;
 pub mod calib;
@@ -19,7 +20,7 @@ pub mod weights;
 
 pub use plan::{Plan, QuantizedModel};
 pub use quantize::{
-    apply, plan_layers, plan_layers_probed, quantizable_layers, totals, ActMode, Allocation,
-    PlanDiagnostics, ProbeImages, QuantizeOptions,
+    apply, plan_layers, plan_layers_probed, quantizable_layers, totals, ActMode, ActObjective,
+    Allocation, PlanDiagnostics, ProbeImages, QuantizeOptions,
 };
 pub use search::{Family, Objective, SearchOptions, Strategy};

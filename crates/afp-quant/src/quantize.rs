@@ -2,10 +2,11 @@
 //! formats, bias correction), and applying a plan to a graph for simulated evaluation.
 
 use crate::calib::InputStats;
+use crate::plan::ActPlan;
 use crate::plan::{LayerPlan, QuantizedModel, Totals};
 use crate::search::{self, Family, SearchOptions};
 use crate::weights::{self, WeightView};
-use crate::{knapsack, sensitivity};
+use crate::{actcal, knapsack, sensitivity};
 use afp_engine::ir::{Graph, Node, Op, Value};
 use afp_engine::Const;
 use rayon::prelude::*;
@@ -35,11 +36,36 @@ pub struct QuantizeOptions {
     pub max_bits: u32,
     /// Error-compensating rounding (needs Hessians from calibration); `None`: nearest.
     pub gptq: Option<crate::gptq::GptqOptions>,
-    /// How a weight budget (`avg_bits`) is spread over the layers.
+    /// How a weight budget (`avg_bits`) is spread over the layers. With sensitivity
+    /// allocation, an activation budget (`ActMode::Auto`) is spread the same way, on each
+    /// input's relative output error.
     pub allocation: Allocation,
+    /// What activation formats and offsets minimize.
+    pub act_objective: ActObjective,
     /// With sensitivity allocation: how many (layer, width) pairs to quantize alone and
     /// measure, to check the predicted cost against the measured KL.
     pub check_proxy: usize,
+}
+
+/// What a layer input's format and offset minimize.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActObjective {
+    /// Relative squared error of the input values (sampled).
+    Mse,
+    /// Relative squared error of the layer's output, `||W (x - Q(x))||² / ||W x||²`, on
+    /// sampled input vectors ([`crate::actcal`]).
+    Output,
+}
+
+impl std::str::FromStr for ActObjective {
+    type Err = String;
+    fn from_str(s: &str) -> Result<ActObjective, String> {
+        match s {
+            "mse" => Ok(ActObjective::Mse),
+            "output" => Ok(ActObjective::Output),
+            _ => Err(format!("unknown activation objective {s:?}: mse, output")),
+        }
+    }
 }
 
 /// How `avg_bits` is spread over the layers.
@@ -170,6 +196,7 @@ pub fn plan_layers_probed(
     // Per layer: sensitivity and relative output error of the chosen width.
     let mut sens_info: Vec<Option<(f64, f64)>> = vec![None; layers.len()];
     let mut rounded = false;
+    let mut sens_vec: Option<Vec<f64>> = None;
     let pick: Vec<usize> = match o.avg_bits {
         Some(avg) if o.sensitivity_allocation() => {
             let probe = probe.ok_or("sensitivity allocation needs probe images")?;
@@ -240,6 +267,7 @@ pub fn plan_layers_probed(
             let hs: Vec<&[crate::gptq::Hessian]> =
                 stats.iter().map(|s| s.hessians.as_slice()).collect();
             let s = sensitivity::measure(&mut pr, g, layers, &views, &hs, &signals, level)?;
+            sens_vec = Some(s.clone());
             diag.noise_level = Some(level);
             diag.sensitivity_seconds = Some(t.elapsed().as_secs_f64());
             let opts: Vec<Vec<(u32, f64)>> = per_layer
@@ -304,35 +332,65 @@ pub fn plan_layers_probed(
         .iter()
         .map(|&k| g.values[g.nodes[k].inputs[0]].numel() / g.batch)
         .collect();
-    let act_bits: Vec<Option<u32>> = match o.acts {
+    // Per layer, the candidate activation plans (one per width) with their error: relative
+    // output error when chosen by it, else relative input error.
+    let use_sens_acts = o.acts == ActMode::Auto && sens_vec.is_some();
+    let by_output = o.act_objective == ActObjective::Output || use_sens_acts;
+    let act_opts: Vec<Vec<(ActPlan, f64)>> = (0..layers.len())
+        .into_par_iter()
+        .map(|i| {
+            let widths: Vec<u32> = match o.acts {
+                ActMode::None => vec![],
+                ActMode::Bits(b) => vec![if first_last(i) { 8 } else { b }],
+                ActMode::Auto => (o.min_bits..=o.max_bits).collect(),
+            };
+            if widths.is_empty() {
+                return Ok(vec![]);
+            }
+            let probe = match by_output {
+                true => Some(actcal::OutputProbe::new(&views[i], &stats[i])?),
+                false => None,
+            };
+            let (fam, zm, pen) = (o.act_family, o.search.zero_mode, o.search.penalty);
+            widths
+                .iter()
+                .map(|&b| match &probe {
+                    Some(p) => actcal::best_by_output(p, &stats[i], b, fam, zm, pen),
+                    None => search::best_activation(&stats[i], b, fam, zm, pen).map(|a| {
+                        let e = a.sqnr_db.map_or(0.0, |db| 10f64.powf(-db / 10.0));
+                        (a, e)
+                    }),
+                })
+                .collect::<Result<Vec<_>, String>>()
+        })
+        .collect::<Result<Vec<_>, String>>()
+        .map_err(|e| format!("activations: {e}"))?;
+    let act_plans: Vec<Option<ActPlan>> = match o.acts {
         ActMode::None => vec![None; layers.len()],
-        ActMode::Bits(b) => (0..layers.len())
-            .map(|i| Some(if first_last(i) { 8 } else { b }))
-            .collect(),
+        ActMode::Bits(_) => act_opts.iter().map(|a| Some(a[0].0.clone())).collect(),
         ActMode::Auto => {
             let budget = o.avg_act_bits.ok_or("--acts auto needs --avg-act-bits")?;
-            let ws: Vec<u32> = (o.min_bits..=o.max_bits).collect();
-            let opts: Vec<Vec<(u32, f64)>> = (0..layers.len())
-                .map(|i| {
-                    ws.iter()
-                        .map(|&b| {
-                            search::best_activation(
-                                &stats[i],
-                                b,
-                                o.act_family,
-                                o.search.zero_mode,
-                                o.search.penalty,
-                            )
-                            .map(|a| (b, a.sqnr_db.map_or(0.0, |db| 10f64.powf(-db / 10.0))))
-                        })
-                        .collect::<Result<Vec<_>, String>>()
-                })
-                .collect::<Result<_, _>>()?;
             let total: usize = act_elems.iter().sum();
-            let pick = search::allocate(&opts, &act_elems, budget * total as f64)?;
+            let pick = match &sens_vec {
+                Some(sv) if use_sens_acts => {
+                    let opts: Vec<Vec<(u32, f64)>> = act_opts
+                        .iter()
+                        .zip(sv)
+                        .map(|(a, &sl)| a.iter().map(|(p, e)| (p.format.bits, sl * e)).collect())
+                        .collect();
+                    knapsack::solve(&opts, &act_elems, budget * total as f64)?
+                }
+                _ => {
+                    let opts: Vec<Vec<(u32, f64)>> = act_opts
+                        .iter()
+                        .map(|a| a.iter().map(|(p, e)| (p.format.bits, *e)).collect())
+                        .collect();
+                    search::allocate(&opts, &act_elems, budget * total as f64)?
+                }
+            };
             pick.iter()
                 .enumerate()
-                .map(|(i, &j)| Some(opts[i][j].0))
+                .map(|(i, &j)| Some(act_opts[i][j].0.clone()))
                 .collect()
         }
     };
@@ -354,19 +412,7 @@ pub fn plan_layers_probed(
     for (i, &k) in layers.iter().enumerate() {
         let n = &g.nodes[k];
         let c = &chosen[i];
-        let act = match act_bits[i] {
-            Some(b) => Some(
-                search::best_activation(
-                    &stats[i],
-                    b,
-                    o.act_family,
-                    o.search.zero_mode,
-                    o.search.penalty,
-                )
-                .map_err(|e| format!("layer {}: {e}", n.name))?,
-            ),
-            None => None,
-        };
+        let act = act_plans[i].clone();
         let bias_correction = o
             .bias_correct
             .then(|| bias_shift(&views[i], &c.decoded, &stats[i]));

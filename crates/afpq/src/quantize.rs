@@ -86,6 +86,10 @@ pub struct QuantArgs {
     /// correlation).
     #[arg(long, default_value_t = 0)]
     pub check_proxy: usize,
+    /// What each layer input's format and offset minimize: mse (squared error of the input
+    /// values) or output (squared error of the layer's output on sampled input vectors).
+    #[arg(long, default_value = "mse")]
+    pub act_objective: String,
 }
 
 #[derive(clap::Args)]
@@ -182,6 +186,10 @@ impl QuantArgs {
                 .parse::<afp_quant::Allocation>()
                 .map_err(anyhow::Error::msg)?,
             check_proxy: self.check_proxy,
+            act_objective: self
+                .act_objective
+                .parse::<afp_quant::ActObjective>()
+                .map_err(anyhow::Error::msg)?,
         })
     }
 
@@ -194,6 +202,7 @@ impl QuantArgs {
             "search": self.search, "fold_bn": self.fold_bn, "rounding": self.rounding,
             "gptq_damp": (self.rounding == "gptq").then_some(self.gptq_damp),
             "allocate": w.avg_bits.is_some().then_some(&self.allocate),
+            "act_objective": (self.acts != "none").then_some(&self.act_objective),
         })
     }
 }
