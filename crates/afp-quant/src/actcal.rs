@@ -163,6 +163,7 @@ mod tests {
             best_by_output(&probe, &stats, 4, Family::Afp, ZeroMode::Subnormal, 0.0).unwrap();
         let e_input = probe.relative_error(&by_input).unwrap();
         assert!(e <= e_input, "{e} > {e_input}");
+        assert_ne!(by_output, by_input);
         assert!(
             e < 0.5 * e_input,
             "output choice {e} vs input choice {e_input}"

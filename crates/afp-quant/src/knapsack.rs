@@ -131,7 +131,10 @@ mod tests {
         }
     }
 
-    fn instance() -> impl Strategy<Value = (Vec<Vec<(u32, f64)>>, Vec<usize>, f64)> {
+    /// Options per layer, weights, budget.
+    type Instance = (Vec<Vec<(u32, f64)>>, Vec<usize>, f64);
+
+    fn instance() -> impl Strategy<Value = Instance> {
         (1usize..6)
             .prop_flat_map(|layers| {
                 (

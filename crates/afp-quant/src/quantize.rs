@@ -156,6 +156,9 @@ pub fn plan_layers(
     plan_layers_probed(g, layers, stats, o, None).map(|(l, c, _)| (l, c))
 }
 
+/// Layer plans, the codes of each layer's weights, and what planning measured.
+pub type PlannedLayers = (Vec<LayerPlan>, Vec<Vec<u8>>, PlanDiagnostics);
+
 /// As [`plan_layers`], with probe images for sensitivity allocation (required by it).
 pub fn plan_layers_probed(
     g: &Graph,
@@ -163,7 +166,7 @@ pub fn plan_layers_probed(
     stats: &[InputStats],
     o: &QuantizeOptions,
     probe: Option<&ProbeImages>,
-) -> Result<(Vec<LayerPlan>, Vec<Vec<u8>>, PlanDiagnostics), String> {
+) -> Result<PlannedLayers, String> {
     let views: Vec<WeightView> = layers
         .iter()
         .map(|&k| WeightView::of(g, &g.nodes[k]).expect("quantizable"))
