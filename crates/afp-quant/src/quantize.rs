@@ -104,9 +104,11 @@ impl QuantizeOptions {
     }
 }
 
-/// Calibration images run through the FP32 graph (its batch size) for sensitivity allocation:
-/// `input` to measure the sensitivities, `check` (other images) to check the prediction.
+/// Calibration images run through the FP32 graph for sensitivity allocation: `input` to
+/// measure the sensitivities, `check` (other images) to check the prediction. `graph`: the
+/// model lowered for their batch size, when it is not the calibration graph's.
 pub struct ProbeImages {
+    pub graph: Option<Graph>,
     pub input: Vec<f32>,
     pub check: Option<Vec<f32>>,
     pub threads: usize,
@@ -133,6 +135,12 @@ pub struct PlanDiagnostics {
     pub proxy_rank_correlation: Option<f64>,
     /// Seconds spent measuring sensitivities (forward passes).
     pub sensitivity_seconds: Option<f64>,
+    /// Seconds spent rounding every candidate width with GPTQ, and computing the output
+    /// errors of every candidate.
+    pub candidate_gptq_seconds: Option<f64>,
+    pub output_error_seconds: Option<f64>,
+    /// Seconds of calibration (set by the caller that ran it).
+    pub calibration_seconds: Option<f64>,
 }
 
 /// Nodes whose weights are quantized: Conv, Gemm and 2-D MatMul with a constant weight.
@@ -203,12 +211,14 @@ pub fn plan_layers_probed(
     let pick: Vec<usize> = match o.avg_bits {
         Some(avg) if o.sensitivity_allocation() => {
             let probe = probe.ok_or("sensitivity allocation needs probe images")?;
+            let pg = probe.graph.as_ref().unwrap_or(g);
             if stats.iter().any(|s| s.hessians.is_empty()) {
                 return Err(
                     "sensitivity allocation needs the input Hessians from calibration".into(),
                 );
             }
             // Every candidate rounded as it will be (GPTQ: one factorization per layer).
+            let t = std::time::Instant::now();
             if let Some(go) = o.gptq {
                 per_layer = per_layer
                     .into_par_iter()
@@ -219,7 +229,9 @@ pub fn plan_layers_probed(
                     })
                     .collect::<Result<_, _>>()?;
                 rounded = true;
+                diag.candidate_gptq_seconds = Some(t.elapsed().as_secs_f64());
             }
+            let t = std::time::Instant::now();
             let signals: Vec<f64> = (0..layers.len())
                 .into_par_iter()
                 .map(|i| {
@@ -246,6 +258,7 @@ pub fn plan_layers_probed(
                         .collect::<Result<Vec<_>, _>>()
                 })
                 .collect::<Result<_, _>>()?;
+            diag.output_error_seconds = Some(t.elapsed().as_secs_f64());
             // Noise at the typical error of the width nearest the budget: the decisions are
             // made around it.
             let mid = avg.round() as u32;
@@ -266,10 +279,10 @@ pub fn plan_layers_probed(
                 .unwrap_or(1e-2)
                 .clamp(1e-4, 0.1);
             let t = std::time::Instant::now();
-            let mut pr = sensitivity::Probe::new(g, probe.input.clone(), probe.threads)?;
+            let mut pr = sensitivity::Probe::new(pg, probe.input.clone(), probe.threads)?;
             let hs: Vec<&[crate::gptq::Hessian]> =
                 stats.iter().map(|s| s.hessians.as_slice()).collect();
-            let s = sensitivity::measure(&mut pr, g, layers, &views, &hs, &signals, level)?;
+            let s = sensitivity::measure(&mut pr, layers, &views, &hs, &signals, level)?;
             sens_vec = Some(s.clone());
             diag.noise_level = Some(level);
             diag.sensitivity_seconds = Some(t.elapsed().as_secs_f64());
@@ -291,7 +304,7 @@ pub fn plan_layers_probed(
             }
             if o.check_proxy > 0 {
                 let mut pc = match &probe.check {
-                    Some(x) => sensitivity::Probe::new(g, x.clone(), probe.threads)?,
+                    Some(x) => sensitivity::Probe::new(pg, x.clone(), probe.threads)?,
                     None => pr,
                 };
                 let free: Vec<usize> = (0..layers.len())
@@ -302,7 +315,7 @@ pub fn plan_layers_probed(
                     let i = free[j * free.len() / n];
                     let w = j % per_layer[i].len().min(4);
                     let c = &per_layer[i][w];
-                    let measured = pc.kl_with(g, layers[i], &views[i], &c.decoded)?;
+                    let measured = pc.kl_with(layers[i], &views[i], &c.decoded)?;
                     diag.proxy_check.push(ProxyPoint {
                         layer: g.nodes[layers[i]].name.clone(),
                         bits: c.plan.format.bits,

@@ -153,7 +153,8 @@ pub struct Probe {
 }
 
 impl Probe {
-    /// `input`: images for the graph's batch size (the graph as lowered for calibration).
+    /// `input`: images for `g`'s batch size. `g` must have the node order of the graph the
+    /// layers index (the same model lowered with the same passes, any batch size).
     pub fn new(g: &Graph, input: Vec<f32>, threads: usize) -> Result<Probe, String> {
         let classes = g
             .outputs
@@ -175,12 +176,17 @@ impl Probe {
     /// (`[channels, reduction]`, the layout of `view`).
     pub fn kl_with(
         &mut self,
-        g: &Graph,
         node: usize,
         view: &WeightView,
         weights: &[f32],
     ) -> Result<f64, String> {
-        let wid = g.nodes[node].inputs[1];
+        let wid = *self
+            .session
+            .graph()
+            .nodes
+            .get(node)
+            .and_then(|n| n.inputs.get(1))
+            .ok_or("the probe graph does not match the model's layers")?;
         let old = self
             .session
             .swap_const(wid, view.to_graph_layout(weights))
@@ -203,7 +209,6 @@ impl Probe {
 /// `tr(W H Wᵀ)` of the layer.
 pub fn measure(
     probe: &mut Probe,
-    g: &Graph,
     layers: &[usize],
     views: &[WeightView],
     hessians: &[&[Hessian]],
@@ -226,7 +231,7 @@ pub fn measure(
             .zip(&noise)
             .map(|(&v, &n)| v + a * n)
             .collect();
-        let kl = probe.kl_with(g, node, w, &perturbed)?;
+        let kl = probe.kl_with(node, w, &perturbed)?;
         out.push(kl / level);
     }
     Ok(out)

@@ -86,6 +86,10 @@ pub struct QuantArgs {
     /// correlation).
     #[arg(long, default_value_t = 0)]
     pub check_proxy: usize,
+    /// With --allocate sensitivity: calibration images each noise measurement runs on (the
+    /// proxy check uses as many others).
+    #[arg(long, default_value_t = 8)]
+    pub sensitivity_images: usize,
     /// What each layer input's format and offset minimize: mse (squared error of the input
     /// values) or output (squared error of the layer's output on sampled input vectors).
     #[arg(long, default_value = "mse")]
@@ -203,6 +207,7 @@ impl QuantArgs {
             "gptq_damp": (self.rounding == "gptq").then_some(self.gptq_damp),
             "allocate": w.avg_bits.is_some().then_some(&self.allocate),
             "act_objective": (self.acts != "none").then_some(&self.act_objective),
+            "sensitivity_images": (w.avg_bits.is_some() && self.allocate == "sensitivity").then_some(self.sensitivity_images),
         })
     }
 }
@@ -254,8 +259,10 @@ pub fn make_plan(
         }
     }
     let mut cal = afp_quant::calib::Calibrator::new(&g, &layers, opts.needs_hessians());
-    // The first two calibration batches: sensitivity measurement and its check.
-    let mut probes: Vec<Vec<f32>> = Vec::new();
+    // The first calibration images: sensitivity measurement and its check.
+    let probe_n = q.sensitivity_images.clamp(1, 64);
+    let mut probe_x: Vec<f32> = Vec::new();
+    let t_cal = std::time::Instant::now();
     let mut session = afp_engine::Session::new(g.clone(), threads)?;
     let pb = common::progress(idx.len() as u64, "calibrate", quiet);
     let per = src.preprocess.image_len();
@@ -269,8 +276,9 @@ pub fn make_plan(
             }
         }
         cal.observe(&mut session, &x)?;
-        if opts.sensitivity_allocation() && probes.len() < 2 {
-            probes.push(x);
+        if opts.sensitivity_allocation() && probe_x.len() < 2 * probe_n * per {
+            let take = (2 * probe_n * per - probe_x.len()).min(chunk.len() * per);
+            probe_x.extend_from_slice(&x[..take]);
         }
         pb.inc(chunk.len() as u64);
     }
@@ -289,15 +297,37 @@ pub fn make_plan(
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()?;
-    let mut probes = probes.into_iter();
-    let probe = probes.next().map(|input| afp_quant::ProbeImages {
-        input,
-        check: probes.next(),
-        threads,
-    });
-    let (lp, codes, diag) = pool
+    let calibration_seconds = t_cal.elapsed().as_secs_f64();
+    let probe = if opts.sensitivity_allocation() {
+        // Fewer images than calibrated on: the checking images repeat the first ones.
+        while probe_x.len() < 2 * probe_n * per {
+            let n = probe_x.len().min(2 * probe_n * per - probe_x.len());
+            probe_x.extend_from_within(..n);
+        }
+        let check = probe_x.split_off(probe_n * per);
+        let graph = (probe_n != batch)
+            .then(|| {
+                clf.model.lower_with(
+                    probe_n,
+                    afp_engine::passes::PassOptions {
+                        fold_batchnorm: q.fold_bn,
+                    },
+                )
+            })
+            .transpose()?;
+        Some(afp_quant::ProbeImages {
+            graph,
+            input: probe_x,
+            check: Some(check),
+            threads,
+        })
+    } else {
+        None
+    };
+    let (lp, codes, mut diag) = pool
         .install(|| afp_quant::plan_layers_probed(&g, &layers, &stats, &opts, probe.as_ref()))
         .map_err(anyhow::Error::msg)?;
+    diag.calibration_seconds = Some(calibration_seconds);
     let totals = afp_quant::totals(&lp);
     let plan = Plan {
         afpq_plan_version: afp_quant::plan::PLAN_VERSION,
@@ -389,7 +419,7 @@ pub fn run(a: &Args) -> Result<()> {
     if a.json {
         println!(
             "{}",
-            json!({"plan": a.output.display().to_string(), "report": report_path.display().to_string(), "totals": t, "file": sizes, "seconds": seconds, "calibration_images": plan.calibration.len(), "search_evaluations": evals, "search_space": space, "proxy_rank_correlation": diag.proxy_rank_correlation, "sensitivity_seconds": diag.sensitivity_seconds})
+            json!({"plan": a.output.display().to_string(), "report": report_path.display().to_string(), "totals": t, "file": sizes, "seconds": seconds, "calibration_images": plan.calibration.len(), "search_evaluations": evals, "search_space": space, "allocation": {"proxy_rank_correlation": diag.proxy_rank_correlation, "noise_level": diag.noise_level, "calibration_seconds": diag.calibration_seconds, "candidate_gptq_seconds": diag.candidate_gptq_seconds, "output_error_seconds": diag.output_error_seconds, "sensitivity_seconds": diag.sensitivity_seconds}})
         );
     } else {
         println!(
@@ -413,8 +443,11 @@ pub fn run(a: &Args) -> Result<()> {
         );
         if let Some(t) = diag.sensitivity_seconds {
             println!(
-                "sensitivity allocation: noise at {:.2e} relative output energy, {t:.1} s of forward passes",
-                diag.noise_level.unwrap_or(0.0)
+                "sensitivity allocation: noise at {:.2e} relative output energy; seconds: calibration {:.1}, GPTQ of every width {:.1}, output errors {:.1}, forward passes {t:.1}",
+                diag.noise_level.unwrap_or(0.0),
+                diag.calibration_seconds.unwrap_or(0.0),
+                diag.candidate_gptq_seconds.unwrap_or(0.0),
+                diag.output_error_seconds.unwrap_or(0.0),
             );
         }
         if let Some(r) = diag.proxy_rank_correlation {
