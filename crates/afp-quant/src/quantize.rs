@@ -245,6 +245,12 @@ pub fn plan_layers_probed(
             let errors: Vec<Vec<f64>> = (0..layers.len())
                 .into_par_iter()
                 .map(|i| {
+                    // With bias correction, the mean output shift is cancelled: leave it out.
+                    let means: Option<Vec<Vec<f32>>> = o.bias_correct.then(|| {
+                        (0..stats[i].patches.len())
+                            .map(|g| stats[i].mean_patch(g))
+                            .collect()
+                    });
                     per_layer[i]
                         .iter()
                         .map(|c| {
@@ -253,6 +259,7 @@ pub fn plan_layers_probed(
                                 &c.decoded,
                                 &stats[i].hessians,
                                 signals[i],
+                                means.as_deref(),
                             )
                         })
                         .collect::<Result<Vec<_>, _>>()

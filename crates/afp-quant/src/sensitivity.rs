@@ -67,18 +67,32 @@ pub fn output_energy(d: &[f32], channels: usize, hessians: &[Hessian]) -> Result
     Ok(total.max(0.0))
 }
 
-/// `e(Q) = tr((W-Q) H (W-Q)ᵀ) / tr(W H Wᵀ)`, given `signal = tr(W H Wᵀ)`.
+/// `e(Q) = tr((W-Q) H (W-Q)ᵀ) / tr(W H Wᵀ)`, given `signal = tr(W H Wᵀ)`. With `means`
+/// (the mean input vector of each group), the part bias correction cancels,
+/// `n ||(W-Q) mean||²` per channel, is left out.
 pub fn relative_output_error(
     w: &WeightView,
     decoded: &[f32],
     hessians: &[Hessian],
     signal: f64,
+    means: Option<&[Vec<f32>]>,
 ) -> Result<f64, String> {
     if signal <= 0.0 {
         return Ok(0.0);
     }
     let d: Vec<f32> = w.data.iter().zip(decoded).map(|(a, b)| a - b).collect();
-    Ok(output_energy(&d, w.channels, hessians)? / signal)
+    let mut e = output_energy(&d, w.channels, hessians)?;
+    if let Some(means) = means {
+        let k = w.reduction.max(1);
+        let per = (w.channels / means.len().max(1)).max(1);
+        for (c, row) in d.chunks(k).enumerate() {
+            let (g, n) = (c / per, hessians[(c / per).min(hessians.len() - 1)].samples);
+            let m = &means[g.min(means.len() - 1)];
+            let shift: f64 = row.iter().zip(m).map(|(&a, &b)| a as f64 * b as f64).sum();
+            e -= n as f64 * shift * shift;
+        }
+    }
+    Ok(e.max(0.0) / signal)
 }
 
 /// Standard normal numbers from a seed (splitmix64 and Box-Muller): deterministic noise.
