@@ -96,6 +96,27 @@ impl Session {
         &self.graph
     }
 
+    /// Replaces the data of the f32 constant `id` by `data` (same length) and returns the old
+    /// data: lets a caller perturb one weight and restore it without copying the graph
+    /// (sensitivity measurement). Buffers do not depend on constant values.
+    pub fn swap_const(&mut self, id: ValueId, data: Vec<f32>) -> Result<Vec<f32>> {
+        let v = self
+            .graph
+            .values
+            .get_mut(id)
+            .ok_or_else(|| EngineError::Graph(format!("no value {id}")))?;
+        match v.konst.as_mut().map(|c| &mut c.data) {
+            Some(crate::tensor::ConstData::F32(old)) if old.len() == data.len() => {
+                Ok(std::mem::replace(old, data))
+            }
+            _ => Err(EngineError::Graph(format!(
+                "value {:?} is not an f32 constant of {} elements",
+                v.name,
+                data.len()
+            ))),
+        }
+    }
+
     /// Bytes held by intermediate buffers.
     pub fn buffer_bytes(&self) -> usize {
         self.slots.iter().map(|s| s.capacity() * 4).sum()

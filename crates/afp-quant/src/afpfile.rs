@@ -546,6 +546,9 @@ pub(crate) mod tests {
             min_bits: 3,
             max_bits: 8,
             gptq: None,
+            allocation: crate::quantize::Allocation::WeightError,
+            act_objective: crate::quantize::ActObjective::Mse,
+            check_proxy: 0,
         };
         let (mut lp, codes) = plan_layers(&g, &layers, &stats, &o).unwrap();
         lp[0].bias_correction = Some(vec![0.25; lp[0].weight_shape[0]]);

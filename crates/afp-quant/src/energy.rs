@@ -639,6 +639,8 @@ mod tests {
             search_evaluations: 0,
             search_space: 0,
             bias_correction: None,
+            sensitivity: None,
+            output_error: None,
         }
     }
 

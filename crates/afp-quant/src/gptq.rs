@@ -199,72 +199,99 @@ pub fn round(
     o: GptqOptions,
     round: &(dyn Fn(usize, f32) -> f32 + Sync),
 ) -> Result<Vec<f32>, String> {
-    let k = hess.k;
-    if w.len() != rows * k {
-        return Err(format!("{} weights for {rows} x {k}", w.len()));
+    Factor::new(hess, o)?.round(w, rows, round)
+}
+
+/// The damped, reordered inverse-Hessian factor of one group: computed once, it rounds the
+/// weights to any number of grids (the candidate widths of a bit allocation).
+pub struct Factor {
+    k: usize,
+    perm: Vec<usize>,
+    dead: Vec<bool>,
+    u: Vec<f64>,
+}
+
+impl Factor {
+    pub fn new(hess: &Hessian, o: GptqOptions) -> Result<Factor, String> {
+        let k = hess.k;
+        let n = hess.samples.max(1) as f64;
+        let mut h: Vec<f64> = hess.h.iter().map(|&v| v as f64 / n).collect();
+        // Inputs that are always zero carry no information: their weights round on their own.
+        let dead: Vec<bool> = (0..k).map(|i| h[i * k + i] <= 0.0).collect();
+        for i in (0..k).filter(|&i| dead[i]) {
+            h[i * k + i] = 1.0;
+        }
+        let mean_diag = (0..k).map(|i| h[i * k + i]).sum::<f64>() / k as f64;
+        for i in 0..k {
+            h[i * k + i] += o.damp * mean_diag;
+        }
+        // Column order.
+        let mut perm: Vec<usize> = (0..k).collect();
+        if o.act_order {
+            perm.sort_by(|&a, &b| h[b * k + b].total_cmp(&h[a * k + a]).then(a.cmp(&b)));
+        }
+        let hp: Vec<f64> = (0..k * k)
+            .map(|ij| h[perm[ij / k] * k + perm[ij % k]])
+            .collect();
+        let u = inverse_factor(&hp, k)?;
+        Ok(Factor { k, perm, dead, u })
     }
-    let n = hess.samples.max(1) as f64;
-    let mut h: Vec<f64> = hess.h.iter().map(|&v| v as f64 / n).collect();
-    // Inputs that are always zero carry no information: their weights round on their own.
-    let dead: Vec<bool> = (0..k).map(|i| h[i * k + i] <= 0.0).collect();
-    for i in (0..k).filter(|&i| dead[i]) {
-        h[i * k + i] = 1.0;
-    }
-    let mean_diag = (0..k).map(|i| h[i * k + i]).sum::<f64>() / k as f64;
-    for i in 0..k {
-        h[i * k + i] += o.damp * mean_diag;
-    }
-    // Column order.
-    let mut perm: Vec<usize> = (0..k).collect();
-    if o.act_order {
-        perm.sort_by(|&a, &b| h[b * k + b].total_cmp(&h[a * k + a]).then(a.cmp(&b)));
-    }
-    let hp: Vec<f64> = (0..k * k)
-        .map(|ij| h[perm[ij / k] * k + perm[ij % k]])
-        .collect();
-    let u = inverse_factor(&hp, k)?;
-    // Rows are independent given U; tiles of rows share each streamed row of U.
-    const TILE: usize = 32;
-    let arch = pulp::Arch::new();
-    let mut out = vec![0f32; rows * k];
-    out.par_chunks_mut(TILE * k)
-        .enumerate()
-        .for_each(|(t, out_tile)| {
-            let r0 = t * TILE;
-            let nr = out_tile.len() / k;
-            // Column-major tile: wt[j * nr + r], permuted columns.
-            let mut wt = vec![0f64; k * nr];
-            for r in 0..nr {
-                for (j, &pj) in perm.iter().enumerate() {
-                    wt[j * nr + r] = if dead[pj] {
-                        0.0
-                    } else {
-                        w[(r0 + r) * k + pj] as f64
-                    };
-                }
-            }
-            let mut err = vec![0f64; nr];
-            arch.dispatch(|| {
-                for i in 0..k {
-                    let d = u[i * k + i];
-                    for r in 0..nr {
-                        let v = wt[i * nr + r];
-                        let q = round(r0 + r, v as f32);
-                        out_tile[r * k + perm[i]] = q;
-                        err[r] = (v - q as f64) / d;
+
+    /// As [`round`], with this factor.
+    pub fn round(
+        &self,
+        w: &[f32],
+        rows: usize,
+        round: &(dyn Fn(usize, f32) -> f32 + Sync),
+    ) -> Result<Vec<f32>, String> {
+        let Factor { k, perm, dead, u } = self;
+        let k = *k;
+        if w.len() != rows * k {
+            return Err(format!("{} weights for {rows} x {k}", w.len()));
+        }
+        // Rows are independent given U; tiles of rows share each streamed row of U.
+        const TILE: usize = 32;
+        let arch = pulp::Arch::new();
+        let mut out = vec![0f32; rows * k];
+        out.par_chunks_mut(TILE * k)
+            .enumerate()
+            .for_each(|(t, out_tile)| {
+                let r0 = t * TILE;
+                let nr = out_tile.len() / k;
+                // Column-major tile: wt[j * nr + r], permuted columns.
+                let mut wt = vec![0f64; k * nr];
+                for r in 0..nr {
+                    for (j, &pj) in perm.iter().enumerate() {
+                        wt[j * nr + r] = if dead[pj] {
+                            0.0
+                        } else {
+                            w[(r0 + r) * k + pj] as f64
+                        };
                     }
-                    let urow = &u[i * k..(i + 1) * k];
-                    for j in i + 1..k {
-                        let c = urow[j];
-                        let col = &mut wt[j * nr..(j + 1) * nr];
+                }
+                let mut err = vec![0f64; nr];
+                arch.dispatch(|| {
+                    for i in 0..k {
+                        let d = u[i * k + i];
                         for r in 0..nr {
-                            col[r] -= err[r] * c;
+                            let v = wt[i * nr + r];
+                            let q = round(r0 + r, v as f32);
+                            out_tile[r * k + perm[i]] = q;
+                            err[r] = (v - q as f64) / d;
+                        }
+                        let urow = &u[i * k..(i + 1) * k];
+                        for j in i + 1..k {
+                            let c = urow[j];
+                            let col = &mut wt[j * nr..(j + 1) * nr];
+                            for r in 0..nr {
+                                col[r] -= err[r] * c;
+                            }
                         }
                     }
-                }
+                });
             });
-        });
-    Ok(out)
+        Ok(out)
+    }
 }
 
 #[cfg(test)]

@@ -123,6 +123,12 @@ pub struct LayerPlan {
     /// Added to the layer's bias to cancel the mean output shift (`--bias-correct`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bias_correction: Option<Vec<f32>>,
+    /// Sensitivity allocation: KL added per unit of relative output error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sensitivity: Option<f64>,
+    /// Sensitivity allocation: relative output error `tr(DHDᵀ)/tr(WHWᵀ)` of the chosen weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_error: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

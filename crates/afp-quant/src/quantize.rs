@@ -2,9 +2,11 @@
 //! formats, bias correction), and applying a plan to a graph for simulated evaluation.
 
 use crate::calib::InputStats;
+use crate::plan::ActPlan;
 use crate::plan::{LayerPlan, QuantizedModel, Totals};
 use crate::search::{self, Family, SearchOptions};
 use crate::weights::{self, WeightView};
+use crate::{actcal, knapsack, sensitivity};
 use afp_engine::ir::{Graph, Node, Op, Value};
 use afp_engine::Const;
 use rayon::prelude::*;
@@ -34,6 +36,111 @@ pub struct QuantizeOptions {
     pub max_bits: u32,
     /// Error-compensating rounding (needs Hessians from calibration); `None`: nearest.
     pub gptq: Option<crate::gptq::GptqOptions>,
+    /// How a weight budget (`avg_bits`) is spread over the layers. With sensitivity
+    /// allocation, an activation budget (`ActMode::Auto`) is spread the same way, on each
+    /// input's relative output error.
+    pub allocation: Allocation,
+    /// What activation formats and offsets minimize.
+    pub act_objective: ActObjective,
+    /// With sensitivity allocation: how many (layer, width) pairs to quantize alone and
+    /// measure, to check the predicted cost against the measured KL.
+    pub check_proxy: usize,
+}
+
+/// What a layer input's format and offset minimize.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActObjective {
+    /// Relative squared error of the input values (sampled).
+    Mse,
+    /// Relative squared error of the layer's output, `||W (x - Q(x))||² / ||W x||²`, on
+    /// sampled input vectors ([`crate::actcal`]).
+    Output,
+}
+
+impl std::str::FromStr for ActObjective {
+    type Err = String;
+    fn from_str(s: &str) -> Result<ActObjective, String> {
+        match s {
+            "mse" => Ok(ActObjective::Mse),
+            "output" => Ok(ActObjective::Output),
+            _ => Err(format!("unknown activation objective {s:?}: mse, output")),
+        }
+    }
+}
+
+/// How `avg_bits` is spread over the layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allocation {
+    /// Greedy on each layer's own weight objective (the search's score).
+    WeightError,
+    /// Exact knapsack on the predicted network cost `s_l * e_l(b)` (see [`crate::sensitivity`]):
+    /// needs input Hessians from calibration and probe images.
+    Sensitivity,
+}
+
+impl std::str::FromStr for Allocation {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Allocation, String> {
+        match s {
+            "weight-error" => Ok(Allocation::WeightError),
+            "sensitivity" => Ok(Allocation::Sensitivity),
+            _ => Err(format!(
+                "unknown allocation {s:?}: weight-error, sensitivity"
+            )),
+        }
+    }
+}
+
+impl QuantizeOptions {
+    /// Whether calibration must accumulate input Hessians (GPTQ, sensitivity allocation).
+    pub fn needs_hessians(&self) -> bool {
+        self.gptq.is_some() || self.sensitivity_allocation()
+    }
+    /// Whether the weight budget is allocated by measured sensitivity.
+    pub fn sensitivity_allocation(&self) -> bool {
+        self.avg_bits.is_some()
+            && self.search.family.fixed_bits().is_none()
+            && self.allocation == Allocation::Sensitivity
+    }
+}
+
+/// Calibration images run through the FP32 graph for sensitivity allocation: `input` to
+/// measure the sensitivities, `check` (other images) to check the prediction. `graph`: the
+/// model lowered for their batch size, when it is not the calibration graph's.
+pub struct ProbeImages {
+    pub graph: Option<Graph>,
+    pub input: Vec<f32>,
+    pub check: Option<Vec<f32>>,
+    pub threads: usize,
+}
+
+/// One (layer, width) of the proxy check: predicted and measured KL of quantizing that layer
+/// alone.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ProxyPoint {
+    pub layer: String,
+    pub bits: u32,
+    pub output_error: f64,
+    pub predicted_kl: f64,
+    pub measured_kl: f64,
+}
+
+/// What planning found besides the plan.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PlanDiagnostics {
+    /// The relative output energy of the noise that measured the sensitivities.
+    pub noise_level: Option<f64>,
+    pub proxy_check: Vec<ProxyPoint>,
+    /// Spearman rank correlation of predicted and measured KL over `proxy_check`.
+    pub proxy_rank_correlation: Option<f64>,
+    /// Seconds spent measuring sensitivities (forward passes).
+    pub sensitivity_seconds: Option<f64>,
+    /// Seconds spent rounding every candidate width with GPTQ, and computing the output
+    /// errors of every candidate.
+    pub candidate_gptq_seconds: Option<f64>,
+    pub output_error_seconds: Option<f64>,
+    /// Seconds of calibration (set by the caller that ran it).
+    pub calibration_seconds: Option<f64>,
 }
 
 /// Nodes whose weights are quantized: Conv, Gemm and 2-D MatMul with a constant weight.
@@ -54,6 +161,20 @@ pub fn plan_layers(
     stats: &[InputStats],
     o: &QuantizeOptions,
 ) -> Result<(Vec<LayerPlan>, Vec<Vec<u8>>), String> {
+    plan_layers_probed(g, layers, stats, o, None).map(|(l, c, _)| (l, c))
+}
+
+/// Layer plans, the codes of each layer's weights, and what planning measured.
+pub type PlannedLayers = (Vec<LayerPlan>, Vec<Vec<u8>>, PlanDiagnostics);
+
+/// As [`plan_layers`], with probe images for sensitivity allocation (required by it).
+pub fn plan_layers_probed(
+    g: &Graph,
+    layers: &[usize],
+    stats: &[InputStats],
+    o: &QuantizeOptions,
+    probe: Option<&ProbeImages>,
+) -> Result<PlannedLayers, String> {
     let views: Vec<WeightView> = layers
         .iter()
         .map(|&k| WeightView::of(g, &g.nodes[k]).expect("quantizable"))
@@ -65,7 +186,7 @@ pub fn plan_layers(
         (None, Some(_)) => (o.min_bits..=o.max_bits).collect(),
         (None, None) => vec![o.bits],
     };
-    let per_layer: Vec<Vec<search::WeightChoice>> = (0..layers.len())
+    let mut per_layer: Vec<Vec<search::WeightChoice>> = (0..layers.len())
         .into_par_iter()
         .map(|i| {
             let ws: Vec<u32> = if first_last(i) && o.search.family.fixed_bits().is_none() {
@@ -81,13 +202,149 @@ pub fn plan_layers(
                 .collect::<Result<Vec<_>, String>>()
         })
         .collect::<Result<_, _>>()?;
+    let params: Vec<usize> = views.iter().map(|v| v.data.len()).collect();
+    let mut diag = PlanDiagnostics::default();
+    // Per layer: sensitivity and relative output error of the chosen width.
+    let mut sens_info: Vec<Option<(f64, f64)>> = vec![None; layers.len()];
+    let mut rounded = false;
+    let mut sens_vec: Option<Vec<f64>> = None;
     let pick: Vec<usize> = match o.avg_bits {
+        Some(avg) if o.sensitivity_allocation() => {
+            let probe = probe.ok_or("sensitivity allocation needs probe images")?;
+            let pg = probe.graph.as_ref().unwrap_or(g);
+            if stats.iter().any(|s| s.hessians.is_empty()) {
+                return Err(
+                    "sensitivity allocation needs the input Hessians from calibration".into(),
+                );
+            }
+            // Every candidate rounded as it will be (GPTQ: one factorization per layer).
+            let t = std::time::Instant::now();
+            if let Some(go) = o.gptq {
+                per_layer = per_layer
+                    .into_par_iter()
+                    .enumerate()
+                    .map(|(i, cs)| {
+                        gptq_widths(&views[i], &stats[i], cs, go)
+                            .map_err(|e| format!("layer {}: {e}", g.nodes[layers[i]].name))
+                    })
+                    .collect::<Result<_, _>>()?;
+                rounded = true;
+                diag.candidate_gptq_seconds = Some(t.elapsed().as_secs_f64());
+            }
+            let t = std::time::Instant::now();
+            let signals: Vec<f64> = (0..layers.len())
+                .into_par_iter()
+                .map(|i| {
+                    sensitivity::output_energy(
+                        &views[i].data,
+                        views[i].channels,
+                        &stats[i].hessians,
+                    )
+                })
+                .collect::<Result<_, _>>()?;
+            let errors: Vec<Vec<f64>> = (0..layers.len())
+                .into_par_iter()
+                .map(|i| {
+                    // With bias correction, the mean output shift is cancelled: leave it out.
+                    let means: Option<Vec<Vec<f32>>> = o.bias_correct.then(|| {
+                        (0..stats[i].patches.len())
+                            .map(|g| stats[i].mean_patch(g))
+                            .collect()
+                    });
+                    per_layer[i]
+                        .iter()
+                        .map(|c| {
+                            sensitivity::relative_output_error(
+                                &views[i],
+                                &c.decoded,
+                                &stats[i].hessians,
+                                signals[i],
+                                means.as_deref(),
+                            )
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .collect::<Result<_, _>>()?;
+            diag.output_error_seconds = Some(t.elapsed().as_secs_f64());
+            // Noise at the typical error of the width nearest the budget: the decisions are
+            // made around it.
+            let mid = avg.round() as u32;
+            let mut at_mid: Vec<f64> = per_layer
+                .iter()
+                .zip(&errors)
+                .filter_map(|(cs, es)| {
+                    cs.iter()
+                        .position(|c| c.plan.format.bits == mid)
+                        .map(|j| es[j])
+                })
+                .filter(|&e| e > 0.0)
+                .collect();
+            at_mid.sort_by(f64::total_cmp);
+            let level = at_mid
+                .get(at_mid.len() / 2)
+                .copied()
+                .unwrap_or(1e-2)
+                .clamp(1e-4, 0.1);
+            let t = std::time::Instant::now();
+            let mut pr = sensitivity::Probe::new(pg, probe.input.clone(), probe.threads)?;
+            let hs: Vec<&[crate::gptq::Hessian]> =
+                stats.iter().map(|s| s.hessians.as_slice()).collect();
+            let s = sensitivity::measure(&mut pr, layers, &views, &hs, &signals, level)?;
+            sens_vec = Some(s.clone());
+            diag.noise_level = Some(level);
+            diag.sensitivity_seconds = Some(t.elapsed().as_secs_f64());
+            let opts: Vec<Vec<(u32, f64)>> = per_layer
+                .iter()
+                .zip(&errors)
+                .zip(&s)
+                .map(|((cs, es), &sl)| {
+                    cs.iter()
+                        .zip(es)
+                        .map(|(c, &e)| (c.plan.format.bits, sl * e))
+                        .collect()
+                })
+                .collect();
+            let total: usize = params.iter().sum();
+            let pick = knapsack::solve(&opts, &params, avg * total as f64)?;
+            for i in 0..layers.len() {
+                sens_info[i] = Some((s[i], errors[i][pick[i]]));
+            }
+            if o.check_proxy > 0 {
+                let mut pc = match &probe.check {
+                    Some(x) => sensitivity::Probe::new(pg, x.clone(), probe.threads)?,
+                    None => pr,
+                };
+                let free: Vec<usize> = (0..layers.len())
+                    .filter(|&i| per_layer[i].len() > 1)
+                    .collect();
+                let n = o.check_proxy.min(free.len() * 2);
+                for j in 0..n {
+                    let i = free[j * free.len() / n];
+                    let w = j % per_layer[i].len().min(4);
+                    let c = &per_layer[i][w];
+                    let measured = pc.kl_with(layers[i], &views[i], &c.decoded)?;
+                    diag.proxy_check.push(ProxyPoint {
+                        layer: g.nodes[layers[i]].name.clone(),
+                        bits: c.plan.format.bits,
+                        output_error: errors[i][w],
+                        predicted_kl: opts[i][w].1,
+                        measured_kl: measured,
+                    });
+                }
+                let (a, b): (Vec<f64>, Vec<f64>) = diag
+                    .proxy_check
+                    .iter()
+                    .map(|p| (p.predicted_kl, p.measured_kl))
+                    .unzip();
+                diag.proxy_rank_correlation = (a.len() > 1).then(|| sensitivity::spearman(&a, &b));
+            }
+            pick
+        }
         Some(avg) if o.search.family.fixed_bits().is_none() => {
             let opts: Vec<Vec<(u32, f64)>> = per_layer
                 .iter()
                 .map(|cs| cs.iter().map(|c| (c.plan.format.bits, c.score)).collect())
                 .collect();
-            let params: Vec<usize> = views.iter().map(|v| v.data.len()).collect();
             let total: usize = params.iter().sum();
             search::allocate(&opts, &params, avg * total as f64)?
         }
@@ -98,36 +355,66 @@ pub fn plan_layers(
         .iter()
         .map(|&k| g.values[g.nodes[k].inputs[0]].numel() / g.batch)
         .collect();
-    let act_bits: Vec<Option<u32>> = match o.acts {
+    // Per layer, the candidate activation plans (one per width) with their error: relative
+    // output error when chosen by it, else relative input error.
+    let use_sens_acts = o.acts == ActMode::Auto && sens_vec.is_some();
+    let by_output = o.act_objective == ActObjective::Output || use_sens_acts;
+    let act_opts: Vec<Vec<(ActPlan, f64)>> = (0..layers.len())
+        .into_par_iter()
+        .map(|i| {
+            let widths: Vec<u32> = match o.acts {
+                ActMode::None => vec![],
+                ActMode::Bits(b) => vec![if first_last(i) { 8 } else { b }],
+                ActMode::Auto => (o.min_bits..=o.max_bits).collect(),
+            };
+            if widths.is_empty() {
+                return Ok(vec![]);
+            }
+            let probe = match by_output {
+                true => Some(actcal::OutputProbe::new(&views[i], &stats[i])?),
+                false => None,
+            };
+            let (fam, zm, pen) = (o.act_family, o.search.zero_mode, o.search.penalty);
+            let i8k = o.search.int8_kernels;
+            widths
+                .iter()
+                .map(|&b| match &probe {
+                    Some(p) => actcal::best_by_output(p, &stats[i], b, fam, zm, pen, i8k),
+                    None => search::best_activation(&stats[i], b, fam, zm, pen, i8k).map(|a| {
+                        let e = a.sqnr_db.map_or(0.0, |db| 10f64.powf(-db / 10.0));
+                        (a, e)
+                    }),
+                })
+                .collect::<Result<Vec<_>, String>>()
+        })
+        .collect::<Result<Vec<_>, String>>()
+        .map_err(|e| format!("activations: {e}"))?;
+    let act_plans: Vec<Option<ActPlan>> = match o.acts {
         ActMode::None => vec![None; layers.len()],
-        ActMode::Bits(b) => (0..layers.len())
-            .map(|i| Some(if first_last(i) { 8 } else { b }))
-            .collect(),
+        ActMode::Bits(_) => act_opts.iter().map(|a| Some(a[0].0.clone())).collect(),
         ActMode::Auto => {
             let budget = o.avg_act_bits.ok_or("--acts auto needs --avg-act-bits")?;
-            let ws: Vec<u32> = (o.min_bits..=o.max_bits).collect();
-            let opts: Vec<Vec<(u32, f64)>> = (0..layers.len())
-                .map(|i| {
-                    ws.iter()
-                        .map(|&b| {
-                            search::best_activation(
-                                &stats[i],
-                                b,
-                                o.act_family,
-                                o.search.zero_mode,
-                                o.search.penalty,
-                                o.search.int8_kernels,
-                            )
-                            .map(|a| (b, a.sqnr_db.map_or(0.0, |db| 10f64.powf(-db / 10.0))))
-                        })
-                        .collect::<Result<Vec<_>, String>>()
-                })
-                .collect::<Result<_, _>>()?;
             let total: usize = act_elems.iter().sum();
-            let pick = search::allocate(&opts, &act_elems, budget * total as f64)?;
+            let pick = match &sens_vec {
+                Some(sv) if use_sens_acts => {
+                    let opts: Vec<Vec<(u32, f64)>> = act_opts
+                        .iter()
+                        .zip(sv)
+                        .map(|(a, &sl)| a.iter().map(|(p, e)| (p.format.bits, sl * e)).collect())
+                        .collect();
+                    knapsack::solve(&opts, &act_elems, budget * total as f64)?
+                }
+                _ => {
+                    let opts: Vec<Vec<(u32, f64)>> = act_opts
+                        .iter()
+                        .map(|a| a.iter().map(|(p, e)| (p.format.bits, *e)).collect())
+                        .collect();
+                    search::allocate(&opts, &act_elems, budget * total as f64)?
+                }
+            };
             pick.iter()
                 .enumerate()
-                .map(|(i, &j)| Some(opts[i][j].0))
+                .map(|(i, &j)| Some(act_opts[i][j].0.clone()))
                 .collect()
         }
     };
@@ -137,6 +424,7 @@ pub fn plan_layers(
         .map(|i| {
             let c = per_layer[i][pick[i]].clone();
             match o.gptq {
+                Some(_) if rounded => Ok(c),
                 Some(go) => gptq_rounding(&views[i], &stats[i], c, go)
                     .map_err(|e| format!("layer {}: {e}", g.nodes[layers[i]].name)),
                 None => Ok(c),
@@ -148,20 +436,7 @@ pub fn plan_layers(
     for (i, &k) in layers.iter().enumerate() {
         let n = &g.nodes[k];
         let c = &chosen[i];
-        let act = match act_bits[i] {
-            Some(b) => Some(
-                search::best_activation(
-                    &stats[i],
-                    b,
-                    o.act_family,
-                    o.search.zero_mode,
-                    o.search.penalty,
-                    o.search.int8_kernels,
-                )
-                .map_err(|e| format!("layer {}: {e}", n.name))?,
-            ),
-            None => None,
-        };
+        let act = act_plans[i].clone();
         let bias_correction = o
             .bias_correct
             .then(|| bias_shift(&views[i], &c.decoded, &stats[i]));
@@ -178,41 +453,63 @@ pub fn plan_layers(
             search_evaluations: c.evaluations,
             search_space: c.space,
             bias_correction,
+            sensitivity: sens_info[i].map(|s| s.0),
+            output_error: sens_info[i].map(|s| s.1),
         });
         codes.push(
             weights::encode_decoded(&c.plan, &c.decoded, views[i].channels, views[i].reduction)
                 .map_err(|e| format!("layer {}: {e}", n.name))?,
         );
     }
-    Ok((out, codes))
+    Ok((out, codes, diag))
 }
 
 /// Re-rounds a chosen configuration's weights with GPTQ, keeping its formats and offsets.
 fn gptq_rounding(
     w: &WeightView,
     stats: &InputStats,
-    mut c: search::WeightChoice,
+    c: search::WeightChoice,
     o: crate::gptq::GptqOptions,
 ) -> Result<search::WeightChoice, String> {
+    Ok(gptq_widths(w, stats, vec![c], o)?.remove(0))
+}
+
+/// Re-rounds several configurations of one layer's weights (the candidate widths) with GPTQ,
+/// factoring each group's Hessian once.
+fn gptq_widths(
+    w: &WeightView,
+    stats: &InputStats,
+    cs: Vec<search::WeightChoice>,
+    o: crate::gptq::GptqOptions,
+) -> Result<Vec<search::WeightChoice>, String> {
     let groups = stats.hessians.len();
     if groups == 0 || !w.channels.is_multiple_of(groups) {
         return Err("GPTQ rounding needs the input Hessians from calibration".into());
     }
     let per_group = w.channels / groups;
     let k = w.reduction;
-    let round = weights::channel_rounder(&c.plan, w.channels, k)?;
-    let mut decoded = Vec::with_capacity(w.data.len());
-    for (gi, h) in stats.hessians.iter().enumerate() {
-        if h.k != k {
-            return Err(format!("Hessian of size {} for {k} inputs", h.k));
-        }
-        let rows = &w.data[gi * per_group * k..(gi + 1) * per_group * k];
-        let shifted = |r: usize, v: f32| round(gi * per_group + r, v);
-        decoded.extend(crate::gptq::round(rows, per_group, h, o, &shifted)?);
+    if let Some(h) = stats.hessians.iter().find(|h| h.k != k) {
+        return Err(format!("Hessian of size {} for {k} inputs", h.k));
     }
-    c.sqnr_db = Some(weights::sqnr_db(&w.data, &decoded)).filter(|v| v.is_finite());
-    c.decoded = decoded;
-    Ok(c)
+    let factors: Vec<crate::gptq::Factor> = stats
+        .hessians
+        .iter()
+        .map(|h| crate::gptq::Factor::new(h, o))
+        .collect::<Result<_, _>>()?;
+    cs.into_iter()
+        .map(|mut c| {
+            let round = weights::channel_rounder(&c.plan, w.channels, k)?;
+            let mut decoded = Vec::with_capacity(w.data.len());
+            for (gi, f) in factors.iter().enumerate() {
+                let rows = &w.data[gi * per_group * k..(gi + 1) * per_group * k];
+                let shifted = |r: usize, v: f32| round(gi * per_group + r, v);
+                decoded.extend(f.round(rows, per_group, &shifted)?);
+            }
+            c.sqnr_db = Some(weights::sqnr_db(&w.data, &decoded)).filter(|v| v.is_finite());
+            c.decoded = decoded;
+            Ok(c)
+        })
+        .collect()
 }
 
 /// The bias change that cancels the mean output shift of quantized weights:

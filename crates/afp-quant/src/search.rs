@@ -306,6 +306,23 @@ pub fn best_activation(
     penalty: f64,
     int8_kernels: bool,
 ) -> Result<ActPlan, String> {
+    activation_candidates(stats, bits, family, zero_mode, penalty, int8_kernels)?
+        .into_iter()
+        .next()
+        .map(|c| c.1)
+        .ok_or_else(|| "no activation format".into())
+}
+
+/// Every activation configuration of `bits` bits (as [`best_activation`] searches them) with
+/// its score (relative squared error on the sample plus penalty), best first.
+pub fn activation_candidates(
+    stats: &InputStats,
+    bits: u32,
+    family: Family,
+    zero_mode: ZeroMode,
+    penalty: f64,
+    int8_kernels: bool,
+) -> Result<Vec<(f64, ActPlan)>, String> {
     let unsigned = stats.min >= 0.0;
     let formats: Vec<Format> = match family {
         Family::Fixed(f) => vec![f.with_zero_mode(zero_mode)],
@@ -337,7 +354,7 @@ pub fn best_activation(
         return Err("non-finite activations in calibration".into());
     }
     let signal: f64 = stats.sample.iter().map(|&v| (v as f64).powi(2)).sum();
-    let mut best: Option<(f64, ActPlan)> = None;
+    let mut out: Vec<(f64, ActPlan)> = Vec::new();
     for f in formats {
         let top = offset::cover_for(f, absmax);
         let (lo, _) = f.offset_range();
@@ -347,23 +364,22 @@ pub fn best_activation(
             let rel = if signal > 0.0 { err / signal } else { 0.0 };
             let nf = NumFormat::afp(f);
             let score = rel + penalty * hw_cost(&nf);
-            if best.as_ref().is_none_or(|b| score < b.0) {
-                let sqnr_db = (rel > 0.0).then(|| -10.0 * rel.log10());
-                best = Some((
-                    score,
-                    ActPlan {
-                        format: nf,
-                        offset: t,
-                        calib_min: stats.min,
-                        calib_max: stats.max,
-                        sqnr_db,
-                    },
-                ));
-            }
+            let sqnr_db = (rel > 0.0).then(|| -10.0 * rel.log10());
+            out.push((
+                score,
+                ActPlan {
+                    format: nf,
+                    offset: t,
+                    calib_min: stats.min,
+                    calib_max: stats.max,
+                    sqnr_db,
+                },
+            ));
         }
     }
-    best.map(|b| b.1)
-        .ok_or_else(|| "no activation format".into())
+    // Stable: among equal scores the first tried (smaller E, larger offset) stays first.
+    out.sort_by(|a, b| a.0.total_cmp(&b.0));
+    Ok(out)
 }
 
 /// Chooses one option per layer to minimize the summed score with `sum(weight_l * bits_l)

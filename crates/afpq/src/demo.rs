@@ -97,7 +97,7 @@ pub fn run(a: &Args) -> Result<()> {
     let batch = 8;
 
     // Quantize and write the .afp file.
-    let qm = quantize::make_plan(&model, &model_path, &data, &w, &q, threads, quiet)?;
+    let (qm, _) = quantize::make_plan(&model, &model_path, &data, &w, &q, threads, quiet)?;
     std::fs::create_dir_all(&a.output)
         .with_context(|| format!("creating {}", a.output.display()))?;
     let afp_path = a.output.join("resnet8.afp");

@@ -13,7 +13,7 @@ pub struct WidthArgs {
     #[arg(long, default_value_t = 8)]
     pub bits: u32,
     /// Model-wide average weight bits (by parameter count); per-layer widths from 3 to 8 are
-    /// chosen to minimize the summed objective.
+    /// chosen by --allocate.
     #[arg(long)]
     pub avg_bits: Option<f64>,
     /// Format family: afp, int, fp8-e4m3, fp8-e5m2, fp6-e3m2, fp6-e2m3, fp4-e2m1.
@@ -79,6 +79,26 @@ pub struct QuantArgs {
     /// uE1M7 activations (hardware-aware search; `afpq bench` then runs AVX2 kernels).
     #[arg(long)]
     pub int8_kernels: bool,
+    /// How --avg-bits is spread over the layers: weight-error (greedy on each layer's own
+    /// weight objective) or sensitivity (exact knapsack on the predicted network cost: each
+    /// layer's relative output error at each width, rounded as --rounding says, times the KL
+    /// per unit of output error measured by injecting noise into that layer; one forward pass
+    /// of 8 calibration images per layer).
+    #[arg(long, default_value = "weight-error")]
+    pub allocate: String,
+    /// With --allocate sensitivity: quantize N (layer, width) pairs alone and compare the
+    /// predicted KL with the KL measured on 8 other calibration images (report: rank
+    /// correlation).
+    #[arg(long, default_value_t = 0)]
+    pub check_proxy: usize,
+    /// With --allocate sensitivity: calibration images each noise measurement runs on (the
+    /// proxy check uses as many others).
+    #[arg(long, default_value_t = 8)]
+    pub sensitivity_images: usize,
+    /// What each layer input's format and offset minimize: mse (squared error of the input
+    /// values) or output (squared error of the layer's output on sampled input vectors).
+    #[arg(long, default_value = "mse")]
+    pub act_objective: String,
 }
 
 #[derive(clap::Args)]
@@ -184,6 +204,15 @@ impl QuantArgs {
                 }
                 r => bail!("--rounding is nearest or gptq, not {r:?}"),
             },
+            allocation: self
+                .allocate
+                .parse::<afp_quant::Allocation>()
+                .map_err(anyhow::Error::msg)?,
+            check_proxy: self.check_proxy,
+            act_objective: self
+                .act_objective
+                .parse::<afp_quant::ActObjective>()
+                .map_err(anyhow::Error::msg)?,
         })
     }
 
@@ -195,12 +224,15 @@ impl QuantArgs {
             "keep_first_last": self.keep_first_last, "bias_correct": self.bias_correct, "calib": self.calib,
             "search": self.search, "fold_bn": self.fold_bn, "rounding": self.rounding,
             "gptq_damp": (self.rounding == "gptq").then_some(self.gptq_damp),
+            "allocate": w.avg_bits.is_some().then_some(&self.allocate),
+            "act_objective": (self.acts != "none").then_some(&self.act_objective),
+            "sensitivity_images": (w.avg_bits.is_some() && self.allocate == "sensitivity").then_some(self.sensitivity_images),
         })
     }
 }
 
 /// Calibrates and plans `model` (read from `model_path`). Returns the plan and codes (not
-/// yet written).
+/// yet written), and what the sensitivity allocation measured.
 pub fn make_plan(
     model: &afp_engine::Model,
     model_path: &Path,
@@ -209,7 +241,7 @@ pub fn make_plan(
     q: &QuantArgs,
     threads: usize,
     quiet: bool,
-) -> Result<QuantizedModel> {
+) -> Result<(QuantizedModel, afp_quant::PlanDiagnostics)> {
     let opts = q.options(w)?;
     let src = data.source()?;
     let ds = data.dataset(&src)?;
@@ -245,7 +277,11 @@ pub fn make_plan(
             );
         }
     }
-    let mut cal = afp_quant::calib::Calibrator::new(&g, &layers, opts.gptq.is_some());
+    let mut cal = afp_quant::calib::Calibrator::new(&g, &layers, opts.needs_hessians());
+    // The first calibration images: sensitivity measurement and its check.
+    let probe_n = q.sensitivity_images.clamp(1, 64);
+    let mut probe_x: Vec<f32> = Vec::new();
+    let t_cal = std::time::Instant::now();
     let mut session = afp_engine::Session::new(g.clone(), threads)?;
     let pb = common::progress(idx.len() as u64, "calibrate", quiet);
     let per = src.preprocess.image_len();
@@ -259,6 +295,10 @@ pub fn make_plan(
             }
         }
         cal.observe(&mut session, &x)?;
+        if opts.sensitivity_allocation() && probe_x.len() < 2 * probe_n * per {
+            let take = (2 * probe_n * per - probe_x.len()).min(chunk.len() * per);
+            probe_x.extend_from_slice(&x[..take]);
+        }
         pb.inc(chunk.len() as u64);
     }
     pb.finish_and_clear();
@@ -276,11 +316,39 @@ pub fn make_plan(
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()?;
+    let calibration_seconds = t_cal.elapsed().as_secs_f64();
+    let probe = if opts.sensitivity_allocation() {
+        // Fewer images than calibrated on: the checking images repeat the first ones.
+        while probe_x.len() < 2 * probe_n * per {
+            let n = probe_x.len().min(2 * probe_n * per - probe_x.len());
+            probe_x.extend_from_within(..n);
+        }
+        let check = probe_x.split_off(probe_n * per);
+        let graph = (probe_n != batch)
+            .then(|| {
+                clf.model.lower_with(
+                    probe_n,
+                    afp_engine::passes::PassOptions {
+                        fold_batchnorm: q.fold_bn,
+                    },
+                )
+            })
+            .transpose()?;
+        Some(afp_quant::ProbeImages {
+            graph,
+            input: probe_x,
+            check: Some(check),
+            threads,
+        })
+    } else {
+        None
+    };
     let sp = common::spinner(&format!("search {} layers", layers.len()), quiet);
-    let (lp, codes) = pool
-        .install(|| afp_quant::plan_layers(&g, &layers, &stats, &opts))
+    let (lp, codes, mut diag) = pool
+        .install(|| afp_quant::plan_layers_probed(&g, &layers, &stats, &opts, probe.as_ref()))
         .map_err(anyhow::Error::msg)?;
     sp.finish_and_clear();
+    diag.calibration_seconds = Some(calibration_seconds);
     let totals = afp_quant::totals(&lp);
     let plan = Plan {
         afpq_plan_version: afp_quant::plan::PLAN_VERSION,
@@ -298,7 +366,7 @@ pub fn make_plan(
         layers: lp,
         totals,
     };
-    Ok(QuantizedModel { plan, codes })
+    Ok((QuantizedModel { plan, codes }, diag))
 }
 
 /// Writes the `.afp` file of `q` (quantized from `model`) with the model card at `card`.
@@ -334,7 +402,7 @@ pub fn run(a: &Args) -> Result<()> {
     let threads = a.threads.get();
     let t = std::time::Instant::now();
     let model = common::load_model(&path)?;
-    let q = make_plan(
+    let (q, diag) = make_plan(
         &model,
         &path,
         &a.data,
@@ -360,6 +428,7 @@ pub fn run(a: &Args) -> Result<()> {
                 "act_format": l.act.as_ref().map(|a| a.format.label()), "act_offset": l.act.as_ref().map(|a| a.offset),
                 "act_sqnr_db": l.act.as_ref().map(|a| a.sqnr_db),
                 "search_evaluations": l.search_evaluations, "search_space": l.search_space,
+                "sensitivity": l.sensitivity, "output_error": l.output_error,
             })
         })
         .collect();
@@ -369,6 +438,7 @@ pub fn run(a: &Args) -> Result<()> {
         "search_evaluations": evals, "search_space": space,
         "model": plan.model, "plan": a.output.display().to_string(), "options": plan.options,
         "calibration_images": plan.calibration.len(), "totals": plan.totals, "layers": layers,
+        "allocation": diag,
     });
     let sizes = write_afp(&a.output, &model, &q, a.data.card.as_deref())?;
     let mut report = report;
@@ -382,7 +452,7 @@ pub fn run(a: &Args) -> Result<()> {
     if a.out.json {
         println!(
             "{}",
-            json!({"plan": a.output.display().to_string(), "report": report_path.display().to_string(), "totals": t, "file": sizes, "seconds": seconds, "calibration_images": plan.calibration.len(), "search_evaluations": evals, "search_space": space})
+            json!({"plan": a.output.display().to_string(), "report": report_path.display().to_string(), "totals": t, "file": sizes, "seconds": seconds, "calibration_images": plan.calibration.len(), "search_evaluations": evals, "search_space": space, "allocation": {"proxy_rank_correlation": diag.proxy_rank_correlation, "noise_level": diag.noise_level, "calibration_seconds": diag.calibration_seconds, "candidate_gptq_seconds": diag.candidate_gptq_seconds, "output_error_seconds": diag.output_error_seconds, "sensitivity_seconds": diag.sensitivity_seconds}})
         );
     } else {
         println!(
@@ -404,6 +474,21 @@ pub fn run(a: &Args) -> Result<()> {
             "calibrated on {} images; {evals} weight configurations evaluated (space of the search: {space}); {seconds:.1} s",
             plan.calibration.len()
         );
+        if let Some(t) = diag.sensitivity_seconds {
+            println!(
+                "sensitivity allocation: noise at {:.2e} relative output energy; seconds: calibration {:.1}, GPTQ of every width {:.1}, output errors {:.1}, forward passes {t:.1}",
+                diag.noise_level.unwrap_or(0.0),
+                diag.calibration_seconds.unwrap_or(0.0),
+                diag.candidate_gptq_seconds.unwrap_or(0.0),
+                diag.output_error_seconds.unwrap_or(0.0),
+            );
+        }
+        if let Some(r) = diag.proxy_rank_correlation {
+            println!(
+                "proxy check: rank correlation {r:.3} between predicted and measured KL over {} (layer, width) pairs",
+                diag.proxy_check.len()
+            );
+        }
         println!(
             "wrote {} ({} bytes: {} of packed weights, {} of other tensors, {:.2}% overhead) and {}",
             a.output.display(),

@@ -124,7 +124,7 @@ pub fn sweep(s: &Sweep, bits: &[u32], formats: &[String]) -> Result<Vec<serde_js
                 avg_bits: None,
                 format: fam.clone(),
             };
-            let q = make_plan(s.model, s.path, s.data, &w, s.q, s.threads, s.quiet)?;
+            let (q, _) = make_plan(s.model, s.path, s.data, &w, s.q, s.threads, s.quiet)?;
             let mut clf = Classifier::new(s.model.clone(), s.threads)?;
             let plan = q.plan.clone();
             clf.plan = Some(q);
