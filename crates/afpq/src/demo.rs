@@ -170,6 +170,7 @@ pub fn run(a: &Args) -> Result<()> {
         speed: Some(report::Speed {
             fp32_images_per_s: t32.images_per_s,
             afp_images_per_s: tafp.images_per_s,
+            afp_engine: afp.engine_used(),
             batch: t32.batch,
             threads,
         }),

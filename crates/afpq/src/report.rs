@@ -44,11 +44,13 @@ pub struct Accuracy {
     pub source: String,
 }
 
-/// Images per second of the FP32 engine and of the (simulated) quantized model.
+/// Images per second of the FP32 engine and of the quantized model.
 #[derive(Debug, Clone)]
 pub struct Speed {
     pub fp32_images_per_s: f64,
     pub afp_images_per_s: f64,
+    /// The engine the quantized model ran on (`packed` or `simulated`).
+    pub afp_engine: &'static str,
     pub batch: usize,
     pub threads: usize,
 }
@@ -450,9 +452,8 @@ fn summary(h: &mut String, path: &Path, f: &AfpFile, extras: &Extras) {
         rows.push((
             "speed".into(),
             format!(
-                "FP32 {:.0} images/s, AFP (simulated: weights decoded to f32) {:.0} images/s; \
-                 batch {}, {} threads",
-                sp.fp32_images_per_s, sp.afp_images_per_s, sp.batch, sp.threads
+                "FP32 {:.0} images/s, AFP ({} engine) {:.0} images/s; batch {}, {} threads",
+                sp.fp32_images_per_s, sp.afp_engine, sp.afp_images_per_s, sp.batch, sp.threads
             ),
         ));
     }
