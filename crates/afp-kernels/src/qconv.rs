@@ -622,6 +622,7 @@ impl QConv {
         let (oh, ow) = c.out_hw(h, w);
         let (ohw, hw, kk) = (oh * ow, h * w, c.kh * c.kw);
         let per_in = c.c_out / c.c_in;
+        let avx2 = crate::qgemm::avx2_available();
         out.par_chunks_mut(ohw).enumerate().for_each(|(idx, dst)| {
             let (img, co) = (idx / c.c_out, idx % c.c_out);
             let ci = co / per_in;
@@ -630,32 +631,23 @@ impl QConv {
             PLANE.with(|p| {
                 let mut p = p.borrow_mut();
                 p.clear();
-                p.extend(x.iter().map(|&v| self.enc.encode(v)));
                 p.resize(hw + ohw, 0);
-                let (p, acc) = p.split_at_mut(hw);
-                acc.fill(0);
-                for ky in 0..c.kh {
-                    for kx in 0..c.kw {
-                        let wv = wk[ky * c.kw + kx];
-                        if wv == 0 {
-                            continue;
-                        }
-                        let offx = (kx * c.dilation[1]) as isize - c.pads[1] as isize;
-                        let (ox0, ox1) = crate::conv::valid_range(offx, c.stride[1], w, ow);
-                        for oy in 0..oh {
-                            let iy = (oy * c.stride[0] + ky * c.dilation[0]) as isize
-                                - c.pads[0] as isize;
-                            if iy < 0 || iy >= h as isize {
-                                continue;
-                            }
-                            let row = &p[iy as usize * w..(iy as usize + 1) * w];
-                            let arow = &mut acc[oy * ow..(oy + 1) * ow];
-                            for (ox, a) in arow.iter_mut().enumerate().take(ox1).skip(ox0) {
-                                let ix = (ox * c.stride[1]) as isize + offx;
-                                *a += wv * row[ix as usize];
-                            }
-                        }
-                    }
+                let (plane, acc) = p.split_at_mut(hw);
+                let ch = DwChannel {
+                    conv: c,
+                    enc: &self.enc,
+                    hw: (h, w, oh, ow),
+                };
+                if avx2 {
+                    // SAFETY: AVX2 is present (checked at run time above).
+                    #[cfg(target_arch = "x86_64")]
+                    unsafe {
+                        depthwise_channel_avx2(&ch, x, wk, plane, acc)
+                    };
+                    #[cfg(not(target_arch = "x86_64"))]
+                    depthwise_channel(&ch, x, wk, plane, acc);
+                } else {
+                    depthwise_channel(&ch, x, wk, plane, acc);
                 }
                 let (m, b) = (self.mult[co], self.bias.as_ref().map_or(0.0, |b| b[co]));
                 for (d, &a) in dst.iter_mut().zip(acc.iter()) {
@@ -669,6 +661,87 @@ impl QConv {
             });
         });
     }
+}
+
+/// One depthwise channel's geometry and input encoder.
+struct DwChannel<'a> {
+    conv: &'a Conv2d,
+    enc: &'a ActEncoder,
+    /// Input h, w and output h, w.
+    hw: (usize, usize, usize, usize),
+}
+
+/// Encodes one input channel `x` into `plane` and sums its integer window products into
+/// `acc` (one i32 per output pixel). Rows of a stride-1 window are contiguous slices, which
+/// vectorize.
+#[inline(always)]
+fn depthwise_channel(
+    ch: &DwChannel<'_>,
+    x: &[f32],
+    wk: &[i32],
+    plane: &mut [i32],
+    acc: &mut [i32],
+) {
+    let c = ch.conv;
+    let (h, w, oh, ow) = ch.hw;
+    if ch.enc.is_uniform() {
+        for (d, &v) in plane.iter_mut().zip(x) {
+            *d = ch.enc.encode_uniform(v);
+        }
+    } else {
+        for (d, &v) in plane.iter_mut().zip(x) {
+            *d = ch.enc.encode(v);
+        }
+    }
+    acc.fill(0);
+    let s = c.stride[1];
+    for ky in 0..c.kh {
+        for kx in 0..c.kw {
+            let wv = wk[ky * c.kw + kx];
+            if wv == 0 {
+                continue;
+            }
+            let offx = (kx * c.dilation[1]) as isize - c.pads[1] as isize;
+            let (ox0, ox1) = crate::conv::valid_range(offx, s, w, ow);
+            if ox0 >= ox1 {
+                continue;
+            }
+            let ix0 = (ox0 * s) as isize + offx;
+            for oy in 0..oh {
+                let iy = (oy * c.stride[0] + ky * c.dilation[0]) as isize - c.pads[0] as isize;
+                if iy < 0 || iy >= h as isize {
+                    continue;
+                }
+                let row = &plane[iy as usize * w + ix0 as usize..(iy as usize + 1) * w];
+                let arow = &mut acc[oy * ow + ox0..oy * ow + ox1];
+                if s == 1 {
+                    for (a, &v) in arow.iter_mut().zip(row) {
+                        *a += wv * v;
+                    }
+                } else {
+                    for (a, &v) in arow.iter_mut().zip(row.iter().step_by(s)) {
+                        *a += wv * v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`depthwise_channel`] compiled for AVX2.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn depthwise_channel_avx2(
+    ch: &DwChannel<'_>,
+    x: &[f32],
+    wk: &[i32],
+    plane: &mut [i32],
+    acc: &mut [i32],
+) {
+    depthwise_channel(ch, x, wk, plane, acc)
 }
 
 /// Encodes a layer input into channel quads `[image][group][quad][pixel][4]`; padding
