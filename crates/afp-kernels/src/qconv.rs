@@ -41,13 +41,6 @@ impl ActEncoder {
         })
     }
 
-    pub fn max(&self) -> u32 {
-        self.max as u32
-    }
-    pub fn is_signed(&self) -> bool {
-        self.signed
-    }
-
     /// Whether every step of the grid is one unit (`E <= 1`: `max < 2^(M+1)`); then
     /// [`ActEncoder::encode_uniform`] applies.
     pub fn is_uniform(&self) -> bool {

@@ -42,10 +42,6 @@ impl PackedModel {
             })
             .collect()
     }
-    /// Bytes of packed weights, scales and biases.
-    pub fn weight_bytes(&self) -> usize {
-        self.layers().iter().map(|l| l.weight_bytes).sum()
-    }
 }
 
 /// The weights of one layer as integers `[channels, reduction]`, their largest `|n|`, and the
@@ -78,7 +74,7 @@ fn weight_integers(
             if f.zero_mode() != ZeroMode::Subnormal {
                 return Err("the packed engine needs the Subnormal zero mode".into());
             }
-            let bound = f.int_bound();
+            let bound = lp.weight.format.int_bound().unwrap_or(f64::INFINITY);
             if bound > i32::MAX as f64 {
                 return Err(format!("{} has integers beyond i32", f.name()));
             }
@@ -115,7 +111,8 @@ fn weight_integers(
             let scale = (0..channels)
                 .map(|r| lp.weight.scales[per_group(r)] as f64)
                 .collect();
-            Ok((ints, (1u32 << (bits - 1)) - 1, scale))
+            let bound = lp.weight.format.int_bound().unwrap_or(0.0);
+            Ok((ints, bound as u32, scale))
         }
     }
 }

@@ -57,6 +57,14 @@ impl NumFormat {
             FormatName::Int { .. } => None,
         }
     }
+    /// Largest `|n|` of the integer view (DESIGN.md §1): AFP formats `n * 2^(t-M)`, INT
+    /// formats `n * scale` with `|n| <= 2^(bits-1) - 1`. `None` for an invalid AFP format.
+    pub fn int_bound(&self) -> Option<f64> {
+        match self.name {
+            FormatName::Afp { .. } => self.format().map(|f| f.int_bound()),
+            FormatName::Int { bits } => Some(((1u64 << (bits.clamp(1, 63) - 1)) - 1) as f64),
+        }
+    }
     pub fn label(&self) -> String {
         match self.name {
             FormatName::Afp { .. } => self.format().map(|f| f.name()).unwrap_or_default(),

@@ -133,13 +133,19 @@ pub struct PlanDiagnostics {
     pub proxy_check: Vec<ProxyPoint>,
     /// Spearman rank correlation of predicted and measured KL over `proxy_check`.
     pub proxy_rank_correlation: Option<f64>,
+    // Run times are not serialized: what is written (the quantize report) must be the same
+    // bytes for the same inputs. Callers print them.
     /// Seconds spent measuring sensitivities (forward passes).
+    #[serde(skip)]
     pub sensitivity_seconds: Option<f64>,
     /// Seconds spent rounding every candidate width with GPTQ, and computing the output
     /// errors of every candidate.
+    #[serde(skip)]
     pub candidate_gptq_seconds: Option<f64>,
+    #[serde(skip)]
     pub output_error_seconds: Option<f64>,
     /// Seconds of calibration (set by the caller that ran it).
+    #[serde(skip)]
     pub calibration_seconds: Option<f64>,
 }
 

@@ -117,12 +117,14 @@ pub const INT8_KERNEL_WEIGHT_MAX: f64 = 64.0;
 /// Whether a format's integers fit the packed engine's 8-bit kernels: weights up to
 /// [`INT8_KERNEL_WEIGHT_MAX`], activations in u8 (unsigned) or i8 (signed, stored shifted).
 pub fn fits_int8_kernels(f: &NumFormat, weight: bool) -> bool {
-    let bound = match f.name {
-        crate::plan::FormatName::Int { bits } => ((1u32 << (bits - 1)) - 1) as f64,
-        crate::plan::FormatName::Afp { .. } => match f.format() {
-            Some(ff) if ff.zero_mode() == ZeroMode::Subnormal => ff.int_bound(),
-            _ => return false,
-        },
+    // The kernels compute in the Subnormal zero mode's integer view.
+    if f.format()
+        .is_some_and(|ff| ff.zero_mode() != ZeroMode::Subnormal)
+    {
+        return false;
+    }
+    let Some(bound) = f.int_bound() else {
+        return false;
     };
     let signed = !matches!(f.name, crate::plan::FormatName::Afp { signed: false, .. });
     if weight {

@@ -174,16 +174,20 @@ pub fn open(path: &std::path::Path, threads: usize, engine: Engine) -> Result<Cl
     if path.extension().is_some_and(|e| e == "afp") {
         let mut f = read_afp(path)?;
         // The quantized weights come from the codes: lower them as untouched placeholders.
+        let placeholders: std::collections::HashSet<String> =
+            std::mem::take(&mut f.quantized_initializers)
+                .into_iter()
+                .collect();
         if let Some(g) = f.model.graph.as_mut() {
             for t in &mut g.initializer {
-                if f.quantized_initializers.iter().any(|n| n == t.name()) {
+                if placeholders.contains(t.name()) {
                     t.raw_data = Some(Vec::new());
                 }
             }
         }
         let mut model = afp_engine::Model::from_proto(f.model)
             .with_context(|| format!("the model in {}", path.display()))?;
-        model.placeholders = f.quantized_initializers.into_iter().collect();
+        model.placeholders = placeholders;
         let mut c = Classifier::new(model, threads)?;
         c.plan = Some(f.quantized);
         c.engine = engine;

@@ -369,16 +369,6 @@ pub fn make_plan(
     Ok((QuantizedModel { plan, codes }, diag))
 }
 
-/// The allocation diagnostics without their run times: the report file must be the same bytes
-/// for the same inputs (times are printed, and in `--json`).
-fn without_times(d: &afp_quant::quantize::PlanDiagnostics) -> Result<serde_json::Value> {
-    let mut v = serde_json::to_value(d)?;
-    if let Some(o) = v.as_object_mut() {
-        o.retain(|k, _| !k.ends_with("_seconds"));
-    }
-    Ok(v)
-}
-
 /// Writes the `.afp` file of `q` (quantized from `model`) with the model card at `card`.
 pub fn write_afp(
     output: &Path,
@@ -448,7 +438,7 @@ pub fn run(a: &Args) -> Result<()> {
         "search_evaluations": evals, "search_space": space,
         "model": plan.model, "plan": a.output.display().to_string(), "options": plan.options,
         "calibration_images": plan.calibration.len(), "totals": plan.totals, "layers": layers,
-        "allocation": without_times(&diag)?,
+        "allocation": diag,
     });
     let sizes = write_afp(&a.output, &model, &q, a.data.card.as_deref())?;
     let mut report = report;

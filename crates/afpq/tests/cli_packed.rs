@@ -27,31 +27,6 @@ fn quantize(path: &str, extra: &[&str]) {
     ok(&args);
 }
 
-/// Top-5 (class, probability) of every image, from `afpq run --json`.
-fn run(afp: &str, engine: &str, imgs: &[String]) -> Vec<Vec<(u64, f64)>> {
-    let card = card();
-    let mut args = vec!["run", afp, "--card", &card, "--json", "--engine", engine];
-    args.extend(imgs.iter().map(String::as_str));
-    json(&args)
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            r["top5"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|t| {
-                    (
-                        t["class"].as_u64().unwrap(),
-                        t["probability"].as_f64().unwrap(),
-                    )
-                })
-                .collect()
-        })
-        .collect()
-}
-
 /// On ResNet-8 the two engines agree bit for bit: the integer sums are exact, and the
 /// simulation's f32 sums of the same (exactly representable) products are exact too because
 /// every partial sum stays below 2^24 (|n_w| <= 28, n_a <= 255, K <= 576). Both the 8-bit
@@ -67,8 +42,8 @@ fn packed_equals_simulated_on_resnet8() {
     ] {
         let afp = dir.join(format!("{name}.afp")).display().to_string();
         quantize(&afp, extra);
-        let packed = run(&afp, "packed", &imgs);
-        let simulated = run(&afp, "simulated", &imgs);
+        let packed = common::top5(&afp, &card(), "packed", &imgs);
+        let simulated = common::top5(&afp, &card(), "simulated", &imgs);
         assert_eq!(packed.len(), 100);
         assert_eq!(packed, simulated, "{name}: the engines differ");
     }

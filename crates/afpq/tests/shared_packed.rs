@@ -11,44 +11,9 @@
 //! probability difference 0.024 measured on these 16 images). So: the top-1 class on every
 //! image, and probabilities within `tol`.
 
+mod common;
+use common::{ok, top5};
 use std::path::PathBuf;
-use std::process::Command;
-
-fn afpq(args: &[&str]) -> std::process::Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_afpq"))
-        .args(args)
-        .output()
-        .expect("run afpq");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn top5(afp: &str, card: &str, engine: &str, imgs: &[String]) -> Vec<Vec<(u64, f64)>> {
-    let mut args = vec!["run", afp, "--card", card, "--json", "--engine", engine];
-    args.extend(imgs.iter().map(String::as_str));
-    let v: serde_json::Value = serde_json::from_slice(&afpq(&args).stdout).unwrap();
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            r["top5"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|t| {
-                    (
-                        t["class"].as_u64().unwrap(),
-                        t["probability"].as_f64().unwrap(),
-                    )
-                })
-                .collect()
-        })
-        .collect()
-}
 
 fn check(model: &str, tol: f64) {
     let Some(dir) = std::env::var_os("AFPQ_SHARED_DATA") else {
@@ -62,7 +27,7 @@ fn check(model: &str, tol: f64) {
     let tmp = std::env::temp_dir().join(format!("afpq-t-{}-packed-{model}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
     let afp = tmp.join("m.afp").display().to_string();
-    afpq(&[
+    ok(&[
         "quantize",
         "--card",
         &card,

@@ -90,3 +90,28 @@ pub fn num(v: &serde_json::Value, k: &str) -> f64 {
     v[k].as_f64()
         .unwrap_or_else(|| panic!("{k} is not a number in {v}"))
 }
+
+/// `afpq run MODEL IMAGES --card CARD --json --engine ENGINE`: the top-5 (class, probability)
+/// of every image.
+pub fn top5(model: &str, card: &str, engine: &str, imgs: &[String]) -> Vec<Vec<(u64, f64)>> {
+    let mut args = vec!["run", model, "--card", card, "--json", "--engine", engine];
+    args.extend(imgs.iter().map(String::as_str));
+    json(&args)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r["top5"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| {
+                    (
+                        t["class"].as_u64().unwrap(),
+                        t["probability"].as_f64().unwrap(),
+                    )
+                })
+                .collect()
+        })
+        .collect()
+}
