@@ -229,6 +229,21 @@ impl Session {
                     scratch,
                 );
             }
+            Op::ConvAdd { conv, act } => {
+                let bias = node.inputs.get(3).map(|&b| self.data(b));
+                conv.run_add(
+                    xs[0],
+                    xs[2],
+                    xs[3],
+                    self.data(x),
+                    self.data(node.inputs[2]),
+                    bias,
+                    Some(self.data(node.inputs[1])),
+                    *act,
+                    out,
+                    scratch,
+                );
+            }
             Op::Gemm {
                 trans_a,
                 trans_b,
@@ -394,6 +409,16 @@ impl Session {
             }
             Op::Slice { starts, steps } => ops::slice(self.data(x), xs, starts, steps, osh, out),
             Op::QConv(q) => q.run(xs[0], xs[2], xs[3], self.data(x), out, qscratch),
+            Op::QConvAdd { q, act } => q.run_add(
+                xs[0],
+                xs[2],
+                xs[3],
+                self.data(x),
+                Some(self.data(node.inputs[1])),
+                *act,
+                out,
+                qscratch,
+            ),
             Op::QGemm(q) => {
                 let rows = self.data(x).len() / q.depth().max(1);
                 q.run(rows, self.data(x), out, qscratch)

@@ -56,6 +56,13 @@ pub enum Op {
         conv: Conv2d,
         act: Activation,
     },
+    /// A Conv, then an Add of a tensor shaped as its output, then `act`, in one kernel
+    /// ([`crate::passes::fuse_residual_add`], inference only). Inputs: x, the residual, weight,
+    /// optional bias.
+    ConvAdd {
+        conv: Conv2d,
+        act: Activation,
+    },
     /// Inputs: a, b, optional c. ONNX Gemm.
     Gemm {
         trans_a: bool,
@@ -124,6 +131,12 @@ pub enum Op {
     /// A convolution on AFP integers (packed weights, input rounded to its activation
     /// grid inside the kernel, activation fused). Inputs: x only.
     QConv(std::sync::Arc<afp_kernels::QConv>),
+    /// A [`Op::QConv`] (without activation of its own), then an Add, then `act`, in one
+    /// kernel (inference only). Inputs: x, the residual.
+    QConvAdd {
+        q: std::sync::Arc<afp_kernels::QConv>,
+        act: Activation,
+    },
     /// A Gemm (`x [rows, k]` times packed weights `[m, k]` transposed) on AFP integers.
     /// Inputs: x only; leading dimensions of x are rows.
     QGemm(std::sync::Arc<afp_kernels::QGemm>),
@@ -133,6 +146,7 @@ impl Op {
     pub fn name(&self) -> &'static str {
         match self {
             Op::Conv { .. } => "Conv",
+            Op::ConvAdd { .. } => "Conv+Add",
             Op::Gemm { .. } => "Gemm",
             Op::MatMul { .. } => "MatMul",
             Op::Binary { op, .. } => match op {
@@ -156,6 +170,7 @@ impl Op {
             Op::Slice { .. } => "Slice",
             Op::Quantize { .. } => "Quantize",
             Op::QConv(_) => "QConv",
+            Op::QConvAdd { .. } => "QConv+Add",
             Op::QGemm(_) => "QGemm",
         }
     }
@@ -164,14 +179,38 @@ impl Op {
     pub fn is_mac(&self) -> bool {
         matches!(
             self,
-            Op::Conv { .. } | Op::Gemm { .. } | Op::MatMul { .. } | Op::QConv(_) | Op::QGemm(_)
+            Op::Conv { .. }
+                | Op::ConvAdd { .. }
+                | Op::Gemm { .. }
+                | Op::MatMul { .. }
+                | Op::QConv(_)
+                | Op::QConvAdd { .. }
+                | Op::QGemm(_)
         )
+    }
+
+    /// The activation fused into this op, if it has one.
+    pub fn act(&self) -> Option<Activation> {
+        match self {
+            Op::Conv { act, .. }
+            | Op::ConvAdd { act, .. }
+            | Op::QConvAdd { act, .. }
+            | Op::Gemm { act, .. }
+            | Op::MatMul { act }
+            | Op::Binary { act, .. }
+            | Op::Sum { act }
+            | Op::ChannelAffine { act } => Some(*act),
+            Op::QConv(q) => Some(q.act()),
+            _ => None,
+        }
     }
 
     /// The fused activation of ops that have one.
     pub fn act_mut(&mut self) -> Option<&mut Activation> {
         match self {
             Op::Conv { act, .. }
+            | Op::ConvAdd { act, .. }
+            | Op::QConvAdd { act, .. }
             | Op::Gemm { act, .. }
             | Op::MatMul { act }
             | Op::Binary { act, .. }

@@ -1,8 +1,9 @@
-//! Graph rewrites after lowering: zero Pad folded into the following Conv, BatchNormalization
-//! folded into the preceding Conv or Gemm, activation functions fused into their producer.
+//! Graph rewrites after lowering: zero Pad folded into the following Conv (or MaxPool, when
+//! padding cannot win the max), BatchNormalization folded into the preceding Conv or Gemm,
+//! activation functions fused into their producer.
 
 use crate::error::Result;
-use crate::ir::{Activation, Graph, Node, Op, PadMode, ValueId};
+use crate::ir::{Activation, BinOp, Graph, Node, Op, PadMode, ValueId};
 use crate::tensor::Const;
 
 /// Which rewrites [`optimize_with`] applies.
@@ -32,6 +33,8 @@ pub fn optimize_with(g: &mut Graph, o: PassOptions) -> Result<()> {
         fold_batchnorm(g);
     }
     fuse_activations(g);
+    // After activation fusion: a producer's fused clamp bounds what the Pad sees.
+    fold_pad_into_maxpool(g);
     Ok(())
 }
 
@@ -83,6 +86,149 @@ pub fn fold_pad_into_conv(g: &mut Graph) {
         conv.pads[3] += pads[7];
         inputs[0] = g.nodes[p].inputs[0];
         nodes[p] = None;
+    }
+    compact(g, nodes);
+}
+
+/// A constant Pad of the two spatial axes whose only reader is a MaxPool becomes the pool's
+/// own padding when the pad value can never exceed a real input: it is -inf, or the input's
+/// producer clamps below at a bound >= the value (a Relu output padded with 0, as Caffe-style
+/// ResNets do before their first pool). Each window must keep at least one real input, and
+/// `ceil_mode` pools are left alone (their last-window rule depends on where padding starts).
+pub fn fold_pad_into_maxpool(g: &mut Graph) {
+    let uses = g.use_counts();
+    let mut nodes: Vec<Option<Node>> = g.nodes.iter().cloned().map(Some).collect();
+    for p in 0..g.nodes.len() {
+        let Op::Pad { pads, mode, value } = &g.nodes[p].op else {
+            continue;
+        };
+        if *mode != PadMode::Constant
+            || pads.len() != 8
+            || pads[0] + pads[1] + pads[4] + pads[5] != 0
+        {
+            continue;
+        }
+        let x = g.nodes[p].inputs[0];
+        let floor = g
+            .nodes
+            .iter()
+            .find(|n| n.output == x)
+            .and_then(|n| match n.op.act() {
+                Some(Activation::Relu) => Some(0.0),
+                Some(Activation::Clip { min, .. }) => Some(min),
+                _ => None,
+            });
+        let never_wins = *value == f32::NEG_INFINITY || floor.is_some_and(|lo| *value <= lo);
+        if !never_wins {
+            continue;
+        }
+        let Some(c) = sole_consumer(g, &uses, g.nodes[p].output) else {
+            continue;
+        };
+        let Some(Node {
+            op: Op::MaxPool(pool),
+            inputs,
+            ..
+        }) = nodes[c].as_mut()
+        else {
+            continue;
+        };
+        let mut merged = pool.clone();
+        merged.pads[0] += pads[2];
+        merged.pads[1] += pads[3];
+        merged.pads[2] += pads[6];
+        merged.pads[3] += pads[7];
+        let extent = [
+            (pool.kh - 1) * pool.dilation[0] + 1,
+            (pool.kw - 1) * pool.dilation[1] + 1,
+        ];
+        let in_window = (0..4).all(|i| merged.pads[i] < extent[i % 2]);
+        if pool.ceil_mode || !in_window {
+            continue;
+        }
+        *pool = merged;
+        inputs[0] = x;
+        nodes[p] = None;
+    }
+    compact(g, nodes);
+}
+
+/// Inference only (not in [`optimize_with`]): a two-input Sum or Add of tensors shaped as its
+/// output, one of which comes from a Conv or QConv without activation and is read nowhere
+/// else, becomes that convolution with the other tensor added in its epilogue and the Add's
+/// activation (None, Relu or Clip) applied after it: the residual connection of a ResNet
+/// block without its separate pass over memory. The fused node runs where the Add ran (both
+/// of its inputs exist there). Calibration observes convolution outputs, so quantizers lower
+/// without this pass.
+pub fn fuse_residual_add(g: &mut Graph) {
+    let uses = g.use_counts();
+    let mut nodes: Vec<Option<Node>> = g.nodes.iter().cloned().map(Some).collect();
+    for u in 0..g.nodes.len() {
+        let add = &g.nodes[u];
+        let act = match add.op {
+            Op::Sum { act } if add.inputs.len() == 2 => act,
+            Op::Binary {
+                op: BinOp::Add,
+                act,
+            } => act,
+            _ => continue,
+        };
+        if !matches!(
+            act,
+            Activation::None | Activation::Relu | Activation::Clip { .. }
+        ) {
+            continue;
+        }
+        let shape = &g.values[add.output].shape;
+        if add.inputs.iter().any(|&v| &g.values[v].shape != shape) {
+            continue;
+        }
+        // The later producer first: the fused node then moves the least.
+        let mut cands: Vec<(usize, usize)> = (0..2)
+            .filter_map(|i| {
+                let p = g.nodes.iter().position(|n| n.output == add.inputs[i])?;
+                Some((p, i))
+            })
+            .collect();
+        cands.sort_by_key(|&(p, _)| std::cmp::Reverse(p));
+        for (p, i) in cands {
+            if sole_consumer(g, &uses, add.inputs[i]) != Some(u) {
+                continue;
+            }
+            let Some(conv) = nodes[p].as_ref() else {
+                continue;
+            };
+            let residual = add.inputs[1 - i];
+            let (op, inputs) = match &conv.op {
+                Op::Conv {
+                    conv: c,
+                    act: Activation::None,
+                } => {
+                    let mut inputs = vec![conv.inputs[0], residual];
+                    inputs.extend_from_slice(&conv.inputs[1..]);
+                    (
+                        Op::ConvAdd {
+                            conv: c.clone(),
+                            act,
+                        },
+                        inputs,
+                    )
+                }
+                Op::QConv(q) if q.act() == Activation::None => (
+                    Op::QConvAdd { q: q.clone(), act },
+                    vec![conv.inputs[0], residual],
+                ),
+                _ => continue,
+            };
+            nodes[u] = Some(Node {
+                name: conv.name.clone(),
+                op,
+                inputs,
+                output: add.output,
+            });
+            nodes[p] = None;
+            break;
+        }
     }
     compact(g, nodes);
 }

@@ -251,6 +251,7 @@ cases! {
     parallel_sizes;
     torch_style;
     keras_style;
+    caffe_style;
 }
 
 #[test]
@@ -283,6 +284,43 @@ fn passes_fire_on_exported_patterns() {
 }
 
 #[test]
+fn pads_fold_into_pools_and_residuals_into_convolutions() {
+    // caffe_style: the Relu -> Pad(0) and the Pad(-inf) fold into their MaxPools; the Pad(0)
+    // of an unclamped input and the one before a ceil_mode pool stay.
+    let ops = optimized_ops("caffe_style");
+    let names: Vec<&str> = ops.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names.iter().filter(|&&n| n == "Pad").count(),
+        2,
+        "caffe_style: {names:?}"
+    );
+    // The inference session fuses both residuals (Sum + Relu, Add + Clip) into the
+    // convolutions that produce them; the graph lowered for quantizers keeps them apart.
+    assert_eq!(names.iter().filter(|&&n| n == "Sum").count(), 1);
+    let f = load("caffe_style");
+    let s = f.model.session(f.input.shape[0], 1).unwrap();
+    let fused: Vec<&str> = s.graph().nodes.iter().map(|n| n.op.name()).collect();
+    assert_eq!(
+        fused.iter().filter(|&&n| n == "Conv+Add").count(),
+        2,
+        "caffe_style session: {fused:?}"
+    );
+    assert!(
+        !fused.contains(&"Sum") && !fused.contains(&"Add"),
+        "caffe_style session: {fused:?}"
+    );
+    // torch_style: both residual Adds (after BatchNorm folding) fuse too.
+    let f = load("torch_style");
+    let s = f.model.session(f.input.shape[0], 1).unwrap();
+    let fused: Vec<&str> = s.graph().nodes.iter().map(|n| n.op.name()).collect();
+    assert_eq!(
+        fused.iter().filter(|&&n| n == "Conv+Add").count(),
+        2,
+        "torch_style session: {fused:?}"
+    );
+}
+
+#[test]
 fn fixtures_are_complete() {
     // Every fixture model in the folder has a test case above.
     let listed = [
@@ -307,6 +345,7 @@ fn fixtures_are_complete() {
         "parallel_sizes",
         "torch_style",
         "keras_style",
+        "caffe_style",
     ];
     for e in std::fs::read_dir(fixtures()).unwrap() {
         let p = e.unwrap().path();

@@ -110,6 +110,25 @@ impl Conv2d {
         out: &mut [f32],
         scratch: &mut Vec<f32>,
     ) {
+        self.run_add(n, h, w, input, weight, bias, None, act, out, scratch)
+    }
+
+    /// As [`Conv2d::run`], adding `residual` (shaped as `out`) after the bias and before
+    /// `act`: the bits of the convolution followed by a separate `Add` and activation.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_add(
+        &self,
+        n: usize,
+        h: usize,
+        w: usize,
+        input: &[f32],
+        weight: &[f32],
+        bias: Option<&[f32]>,
+        residual: Option<&[f32]>,
+        act: Activation,
+        out: &mut [f32],
+        scratch: &mut Vec<f32>,
+    ) {
         let g = self.group;
         assert!(
             g > 0 && self.c_in.is_multiple_of(g) && self.c_out.is_multiple_of(g),
@@ -135,9 +154,22 @@ impl Conv2d {
         if let Some(b) = bias {
             assert_eq!(b.len(), self.c_out, "conv: bias length");
         }
+        if let Some(r) = residual {
+            assert_eq!(r.len(), out.len(), "conv: residual length");
+        }
         let ohw = oh * ow;
         if out.is_empty() {
             return;
+        }
+        if let Some(res) = residual {
+            if kk == 0 || self.is_depthwise() {
+                // Kernels without a residual epilogue: the product, then one pass.
+                self.run(n, h, w, input, weight, bias, Activation::None, out, scratch);
+                for (o, &r) in out.iter_mut().zip(res) {
+                    *o = act.apply(*o + r);
+                }
+                return;
+            }
         }
         if kk == 0 {
             // No input channels: output is bias only.
@@ -175,6 +207,7 @@ impl Conv2d {
             input,
             weight,
             bias,
+            residual,
             act,
             direct,
             implicit,
@@ -232,6 +265,8 @@ struct Task<'a> {
     input: &'a [f32],
     weight: &'a [f32],
     bias: Option<&'a [f32]>,
+    /// Shaped as the whole output.
+    residual: Option<&'a [f32]>,
     act: Activation,
     direct: bool,
     implicit: bool,
@@ -257,6 +292,7 @@ impl Task<'_> {
             alpha: 1.0,
             accumulate: false,
             bias,
+            residual: self.residual.map(|r| &r[t * out.len()..][..out.len()]),
             act: self.act,
         };
         if self.implicit {

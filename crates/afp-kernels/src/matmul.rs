@@ -263,6 +263,7 @@ pub fn gemm(
             alpha,
             accumulate,
             bias,
+            residual: None,
             act,
         },
         threads_for(m, n, k),

@@ -244,6 +244,9 @@ struct Io<'a> {
     input: &'a [f32],
     inl: InLayout,
     outl: OutLayout,
+    /// Laid out as the output; added before `act`.
+    residual: Option<&'a [f32]>,
+    act: Activation,
 }
 
 /// Channel quads of one convolution: `(ky, kx, quad)` is K quad `(ky * kw + kx) * cq + quad`.
@@ -385,6 +388,11 @@ impl QConv {
         }
     }
 
+    /// The activation applied in the epilogue.
+    pub fn act(&self) -> Activation {
+        self.act
+    }
+
     /// input `[n, c_in, h, w]` f32, out `[n, c_out, oh, ow]`.
     pub fn run(
         &self,
@@ -395,15 +403,48 @@ impl QConv {
         out: &mut [f32],
         scratch: &mut QScratch,
     ) {
+        self.run_add(n, h, w, input, None, self.act, out, scratch)
+    }
+
+    /// As [`QConv::run`], adding `residual` (shaped as `out`) to the layer's output and then
+    /// applying `act` instead of the layer's own activation, which must be none: the bits of
+    /// the layer followed by a separate `Add` and activation.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_add(
+        &self,
+        n: usize,
+        h: usize,
+        w: usize,
+        input: &[f32],
+        residual: Option<&[f32]>,
+        act: Activation,
+        out: &mut [f32],
+        scratch: &mut QScratch,
+    ) {
         let c = &self.conv;
         let (oh, ow) = c.out_hw(h, w);
         assert_eq!(input.len(), n * c.c_in * h * w, "qconv: input length");
         assert_eq!(out.len(), n * c.c_out * oh * ow, "qconv: output length");
+        if let Some(r) = residual {
+            assert_eq!(r.len(), out.len(), "qconv: residual length");
+            assert_eq!(
+                self.act,
+                Activation::None,
+                "qconv: activation before a residual"
+            );
+        }
         if out.is_empty() {
             return;
         }
         if let QWeights::Depthwise(wts) = &self.weights {
-            return self.run_depthwise(wts, h, w, input, out);
+            self.run_depthwise(wts, h, w, input, out);
+            if let Some(res) = residual {
+                // The depthwise kernel has no residual epilogue: one pass after it.
+                for (o, &r) in out.iter_mut().zip(res) {
+                    *o = act.apply(*o + r);
+                }
+            }
+            return;
         }
         let inl = InLayout {
             img: c.c_in * h * w,
@@ -422,6 +463,8 @@ impl QConv {
             input,
             inl,
             outl,
+            residual,
+            act,
         };
         self.run_gemm(io, out, scratch);
     }
@@ -467,6 +510,8 @@ impl QConv {
             input,
             inl,
             outl,
+            residual,
+            act,
         } = io;
         let c = &self.conv;
         let g = c.group;
@@ -513,18 +558,21 @@ impl QConv {
                     .collect::<Vec<_>>()
             })
             .collect();
-        // The epilogue of group `gi`: its rows of the scales, biases and shifts.
-        let epilogue = |gi: usize| {
+        // The epilogue of image and group `ig`: its group's rows of the scales, biases and
+        // shifts, and its part of the residual (from the base of its `OutPtr`).
+        let epilogue = |ig: usize| {
+            let gi = ig % g;
             let rows = gi * cog..(gi + 1) * cog;
             Epilogue {
                 mult: &self.mult[rows.clone()],
                 bias: self.bias.as_ref().map(|b| &b[rows.clone()]),
-                act: self.act,
+                act,
                 zero_corr: zero_corr.map(|z| &z[rows.clone()]),
                 affine: self
                     .affine
                     .as_ref()
                     .map(|(a, b)| (&a[rows.clone()], &b[rows.clone()])),
+                residual: residual.map(|r| &r[(ig / g) * outl.img + gi * cog * outl.rs..]),
             }
         };
         if direct && ohw <= GEMV_MAX_COLS && matches!(groups[0], PackedWeights::U8I8(..)) {
@@ -541,7 +589,7 @@ impl QConv {
                     .collect();
                 tasks.into_par_iter().for_each(|(ig, rows)| {
                     let gi = ig % g;
-                    let ep = epilogue(gi);
+                    let ep = epilogue(ig);
                     let src = &qb[ig * plane..(ig + 1) * plane];
                     let mut xe = Vec::new();
                     for j in 0..ohw {
@@ -570,7 +618,7 @@ impl QConv {
         }
         tasks.into_par_iter().for_each(|(ig, b, rows)| {
             let gi = ig % g;
-            let ep = epilogue(gi);
+            let ep = epilogue(ig);
             let p0 = b * per_block;
             let np = per_block.min(npanels - p0);
             let colr = p0 * NR..((p0 + np) * NR).min(ohw);
@@ -957,6 +1005,8 @@ impl QGemm {
             input: x,
             inl,
             outl,
+            residual: None,
+            act: self.inner.act,
         };
         self.inner.run_gemm(io, out, scratch);
     }
@@ -1075,7 +1125,8 @@ mod tests {
     }
 
     /// Every path (u8 unsigned, u8 with the signed shift, i16, depthwise; AVX2 and portable)
-    /// gives exactly the reference on convolutions with strides, pads, dilations and groups.
+    /// gives exactly the reference on convolutions with strides, pads, dilations and groups,
+    /// with and without a fused residual add.
     #[test]
     fn qconv_matches_the_integer_reference() {
         let mut seed = 11;
@@ -1132,6 +1183,33 @@ mod tests {
                         "{c:?} enc {signed} {max} kernel {}",
                         q.kernel_name()
                     );
+                    // A fused residual Add: the bits of the layer without activation, then
+                    // the add, then the activation.
+                    let q0 = QConv::new(
+                        c.clone(),
+                        &wt,
+                        w_max,
+                        enc,
+                        mult.clone(),
+                        Some(bias.clone()),
+                        Activation::None,
+                    )
+                    .unwrap();
+                    let res: Vec<f32> = (0..got.len())
+                        .map(|_| (lcg(&mut seed) % 2000) as f32 / 500.0 - 2.0)
+                        .collect();
+                    let mut fused = vec![f32::NAN; got.len()];
+                    let mut scratch = QScratch::default();
+                    let act = Activation::Relu;
+                    q0.run_add(*n, *h, *w, &x, Some(&res), act, &mut fused, &mut scratch);
+                    let plain =
+                        reference(c, *n, *h, *w, &x, &wt, &enc, &mult, &bias, Activation::None);
+                    let want: Vec<f32> = plain
+                        .iter()
+                        .zip(&res)
+                        .map(|(&p, &r)| act.apply(p + r))
+                        .collect();
+                    assert_eq!(fused, want, "{c:?} enc {signed} {max} residual");
                 }
             }
         }

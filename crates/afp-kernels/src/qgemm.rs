@@ -508,6 +508,9 @@ pub struct Epilogue<'a> {
     /// A following per-channel `x * scale[r] + shift[r]` (an unfolded BatchNormalization),
     /// applied after the bias and before `act`, in that order of f32 operations.
     pub affine: Option<(&'a [f32], &'a [f32])>,
+    /// A tensor laid out as the output (the `OutPtr`'s strides from the same base), added
+    /// after the affine step and before `act`: a fused residual `Add`.
+    pub residual: Option<&'a [f32]>,
 }
 
 /// Output of a product: element `(r, j)` at `ptr[r * rs + j * cs]`. Shared by the threads of
@@ -574,6 +577,17 @@ unsafe fn store_tile(
             let (sc, sh) = (sc[r], sh[r]);
             v.iter_mut().for_each(|x| *x = *x * sc + sh);
         }
+        let base = r * out.rs + j0 * out.cs;
+        if let Some(res) = ep.residual {
+            if out.cs == 1 {
+                let res = &res[base..base + cols];
+                v.iter_mut().zip(res).for_each(|(x, &a)| *x += a);
+            } else {
+                for (c, x) in v[..cols].iter_mut().enumerate() {
+                    *x += res[base + c * out.cs];
+                }
+            }
+        }
         // The common activations inline on the whole (fixed-size) row.
         match ep.act {
             Activation::None => {}
@@ -581,7 +595,6 @@ unsafe fn store_tile(
             Activation::Clip { min, max } => v.iter_mut().for_each(|x| *x = x.max(min).min(max)),
             act => act.apply_slice(&mut v[..cols]),
         }
-        let base = r * out.rs + j0 * out.cs;
         if out.cs == 1 && cols == NR {
             // SAFETY: base + NR - 1 <= last < len (asserted); exclusive per the contract.
             unsafe { (out.ptr.add(base) as *mut [f32; NR]).write_unaligned(v) };
@@ -595,6 +608,47 @@ unsafe fn store_tile(
             }
         }
     }
+}
+
+/// How many tiles ahead the residual of a fused Add is prefetched. Its rows lie an output
+/// plane apart, a pattern the hardware prefetchers miss; a tile of a shallow layer takes
+/// less time than one trip to memory.
+const RESIDUAL_PREFETCH_TILES: usize = 4;
+
+/// Asks for the cache lines of the residual under the tile at rows `r0..r0+rows`, columns
+/// `j0..j0+NR` (clipped to `end`), if the epilogue has a residual.
+#[inline]
+fn prefetch_residual(
+    ep: &Epilogue<'_>,
+    out: OutPtr,
+    r0: usize,
+    rows: usize,
+    j0: usize,
+    end: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(res) = ep.residual {
+        if j0 >= end {
+            return;
+        }
+        let last = (end - j0).min(NR) - 1;
+        for r in r0..r0 + rows {
+            for j in [j0, j0 + last] {
+                if let Some(x) = res.get(r * out.rs + j * out.cs) {
+                    // SAFETY: a prefetch of an address inside a live slice; it never faults
+                    // and changes no memory.
+                    unsafe {
+                        std::arch::x86_64::_mm_prefetch(
+                            (x as *const f32).cast::<i8>(),
+                            std::arch::x86_64::_MM_HINT_T0,
+                        )
+                    };
+                }
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (ep, out, r0, rows, j0, end);
 }
 
 /// Computes rows `rows` and columns `cols` of `w` times the activation panels and stores them
@@ -617,7 +671,18 @@ pub unsafe fn compute(
         let r0 = p * MR;
         let nrows = (rows.end.min(m) - r0).min(MR);
         let mut j0 = cols.start;
+        for d in 0..RESIDUAL_PREFETCH_TILES {
+            prefetch_residual(ep, out, r0, nrows, j0 + d * NR, cols.end);
+        }
         while j0 < cols.end {
+            prefetch_residual(
+                ep,
+                out,
+                r0,
+                nrows,
+                j0 + RESIDUAL_PREFETCH_TILES * NR,
+                cols.end,
+            );
             let t = tile(w, p, b, panel_off(j0));
             // SAFETY: forwarded contract.
             unsafe { store_tile(&t, r0, nrows, j0, (cols.end - j0).min(NR), ep, out) };
@@ -703,6 +768,7 @@ mod tests {
                         act,
                         zero_corr: Some(&corr),
                         affine: None,
+                        residual: None,
                     };
                     let mut got = vec![f32::NAN; m * n];
                     let (rs, cs) = if transposed { (1, m) } else { (n, 1) };
@@ -745,6 +811,7 @@ mod tests {
             act: Activation::None,
             zero_corr: None,
             affine: None,
+            residual: None,
         };
         let mut got = vec![f32::NAN; m * n];
         let out = OutPtr::new(&mut got, n, 1);
@@ -776,6 +843,7 @@ mod tests {
             act: Activation::None,
             zero_corr: None,
             affine: None,
+            residual: None,
         };
         let mut got = vec![0f32; 64];
         let out = OutPtr::new(&mut got, 16, 1);

@@ -42,12 +42,15 @@ pub(crate) enum Bias<'a> {
     Col(&'a [f32]),
 }
 
-/// `C = act(alpha * A B + (accumulate ? C : 0) + bias)`.
+/// `C = act(alpha * A B + (accumulate ? C : 0) + bias + residual)`, in that order of f32
+/// operations (so a fused residual gives the bits of a separate Add after the product).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Epilogue<'a> {
     pub alpha: f32,
     pub accumulate: bool,
     pub bias: Bias<'a>,
+    /// A tensor laid out as `C` (same strides), added after the bias.
+    pub residual: Option<&'a [f32]>,
     pub act: Activation,
 }
 
@@ -144,6 +147,19 @@ pub(crate) fn gemm_fused_portable(
     }
     for (i, row) in c.chunks_mut(ldc.max(n)).take(m).enumerate() {
         let row = &mut row[..n];
+        if let Some(res) = epi.residual {
+            let res = &res[i * ldc..][..n];
+            for (j, (x, &r)) in row.iter_mut().zip(res).enumerate() {
+                let b = match epi.bias {
+                    Bias::None => 0.0,
+                    Bias::Row(b) => b[i],
+                    Bias::Col(b) => b[j],
+                };
+                *x = *x + b + r;
+            }
+            epi.act.apply_slice(row);
+            continue;
+        }
         match epi.bias {
             Bias::None => epi.act.apply_slice(row),
             Bias::Row(b) => epi.act.apply_slice_bias(row, b[i]),
@@ -178,6 +194,8 @@ struct Problem<'a> {
     alpha: f32,
     accumulate: bool,
     bias: Bias<'a>,
+    /// Laid out as the output (`c_rs`, `c_cs`); bounds checked at entry.
+    residual: Option<&'a [f32]>,
     lo: f32,
     hi: f32,
 }
@@ -221,6 +239,9 @@ fn gemm_fused_avx2(
     );
     let c_span = span(m, n, ldc, 1);
     assert!(c_span <= c.len(), "sgemm: dst too short");
+    if let Some(r) = epi.residual {
+        assert!(c_span <= r.len(), "sgemm: residual too short");
+    }
     match epi.bias {
         Bias::Row(bv) => assert!(bv.len() >= m, "sgemm: row bias too short"),
         Bias::Col(bv) => assert!(bv.len() >= n, "sgemm: column bias too short"),
@@ -248,6 +269,9 @@ fn gemm_fused_avx2(
                     Bias::Row(bv) => bv[i],
                     Bias::Col(bv) => bv[j],
                 };
+                if let Some(r) = epi.residual {
+                    v += r[i * ldc + j];
+                }
                 *x = v.max(lo).min(hi);
             }
         }
@@ -272,6 +296,7 @@ fn gemm_fused_avx2(
         alpha: epi.alpha,
         accumulate: epi.accumulate,
         bias: epi.bias,
+        residual: epi.residual,
         lo,
         hi,
     };
@@ -304,6 +329,9 @@ pub(crate) fn conv_gemm_fused(
         "conv_gemm_fused: image too short"
     );
     assert!(c.len() >= m * n, "conv_gemm_fused: dst too short");
+    if let Some(r) = epi.residual {
+        assert!(r.len() >= m * n, "conv_gemm_fused: residual too short");
+    }
     assert!(a.len() >= m * k, "conv_gemm_fused: lhs too short");
     if let Bias::Row(bv) = epi.bias {
         assert!(bv.len() >= m, "conv_gemm_fused: bias too short");
@@ -322,6 +350,7 @@ pub(crate) fn conv_gemm_fused(
         alpha: epi.alpha,
         accumulate: epi.accumulate,
         bias: epi.bias,
+        residual: epi.residual,
         lo,
         hi,
     };
@@ -667,6 +696,20 @@ unsafe fn kernel_6x16<const PACKED: bool, const NV: usize>(
             (a.as_ptr(), rows)
         }
     };
+    if t.last {
+        if let Some(res) = p.residual {
+            // The residual's rows lie an output row apart: ask for them now, so they arrive
+            // while the tile is computed.
+            for i in 0..t.mr {
+                let row = (t.i0 + i) * p.c_rs + t.j0 * p.c_cs;
+                for j in [0, (t.nr - 1) * p.c_cs] {
+                    if let Some(x) = res.get(row + j) {
+                        _mm_prefetch((x as *const f32).cast::<i8>(), _MM_HINT_T0);
+                    }
+                }
+            }
+        }
+    }
     let mut acc = [[_mm256_setzero_ps(); 2]; MR];
     let bp = b.as_ptr();
     for q in 0..kc {
@@ -739,6 +782,15 @@ unsafe fn kernel_6x16<const PACKED: bool, const NV: usize>(
                     v0 = _mm256_add_ps(v0, b0);
                     v1 = _mm256_add_ps(v1, b1);
                 }
+                if let Some(res) = p.residual {
+                    // SAFETY: the residual has the output's layout and was checked to span
+                    // the whole product; this is the tile's own row, columns j0..j0+16.
+                    unsafe {
+                        let rp = res.as_ptr().add((t.i0 + i) * p.c_rs + t.j0);
+                        v0 = _mm256_add_ps(v0, _mm256_loadu_ps(rp));
+                        v1 = _mm256_add_ps(v1, _mm256_loadu_ps(rp.add(8)));
+                    }
+                }
                 v0 = _mm256_min_ps(_mm256_max_ps(v0, lo), hi);
                 v1 = _mm256_min_ps(_mm256_max_ps(v1, lo), hi);
             }
@@ -774,6 +826,9 @@ unsafe fn kernel_6x16<const PACKED: bool, const NV: usize>(
                     Bias::Row(bv) => bv[gi],
                     Bias::Col(bv) => bv[gj],
                 };
+                if let Some(res) = p.residual {
+                    v += res[gi * p.c_rs + gj * p.c_cs];
+                }
                 v = v.max(p.lo).min(p.hi);
             }
             *dst = v;
@@ -790,7 +845,7 @@ mod tests {
     /// Both paths (AVX2 kernel when available, portable) against a naive
     /// triple loop: odd and multi-block sizes (crossing MC, KC, NC), 6x8 and
     /// 6x16 tiles, transposed operands, padded dst, accumulate,
-    /// alpha, row/column bias, fused and unfused activations, 1-3 threads.
+    /// alpha, row/column bias, residual, fused and unfused activations, 1-3 threads.
     #[test]
     fn gemm_fused_matches_naive() {
         let pools: Vec<_> = (1..=3)
@@ -841,6 +896,8 @@ mod tests {
                     };
                     let ldc = n + 2;
                     let init = rand_vec(m * ldc, &mut seed);
+                    let res = rand_vec(m * ldc, &mut seed);
+                    let residual = case.is_multiple_of(4).then_some(&res[..]);
                     let a_l = if ta {
                         MatLayout::col_major(m)
                     } else {
@@ -855,6 +912,7 @@ mod tests {
                         alpha,
                         accumulate,
                         bias,
+                        residual,
                         act,
                     };
                     for portable in [false, true] {
@@ -894,6 +952,9 @@ mod tests {
                                     Bias::Row(v) => v[i] as f64,
                                     Bias::Col(v) => v[j] as f64,
                                 };
+                                if let Some(r) = residual {
+                                    want += r[i * ldc + j] as f64;
+                                }
                                 let want = act.apply(want as f32) as f64;
                                 assert!(
                                     (got as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()),

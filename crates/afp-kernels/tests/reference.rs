@@ -267,6 +267,76 @@ fn conv_large_planes_implicit_im2col() {
     }
 }
 
+/// `run_add` gives exactly the bits of `run` without activation, then a separate add of the
+/// residual, then the activation: on every conv path (1x1 direct, explicit and implicit
+/// im2col, grouped, depthwise), with and without bias, 1-3 threads.
+#[test]
+fn conv_residual_add_matches_separate_add_bit_for_bit() {
+    let cases = [
+        (cv(8, 16, [1, 1], [1, 1], [1, 1], [0; 4], 1), 3, 9, 4),
+        (cv(5, 7, [3, 3], [1, 1], [1, 1], [1; 4], 1), 3, 9, 11),
+        (cv(3, 8, [7, 7], [2, 2], [1, 1], [3; 4], 1), 1, 40, 38),
+        (cv(32, 20, [3, 3], [1, 1], [1, 1], [1; 4], 1), 2, 37, 35),
+        (cv(300, 20, [1, 1], [1, 1], [1, 1], [0; 4], 1), 1, 12, 12),
+        (cv(8, 12, [3, 3], [1, 1], [1, 1], [1; 4], 2), 3, 7, 6),
+        (cv(16, 16, [3, 3], [1, 1], [1, 1], [1; 4], 16), 1, 12, 13),
+        (cv(128, 96, [1, 1], [1, 1], [1, 1], [0; 4], 1), 3, 20, 20),
+    ];
+    let mut seed = 11;
+    for (i, (c, n, h, w)) in cases.iter().enumerate() {
+        let (oh, ow) = c.out_hw(*h, *w);
+        let x = rand_vec(n * c.c_in * h * w, &mut seed);
+        let wt = rand_vec(c.c_out * c.c_in / c.group * c.kh * c.kw, &mut seed);
+        let b = rand_vec(c.c_out, &mut seed);
+        let res = rand_vec(n * c.c_out * oh * ow, &mut seed);
+        for (j, act) in ACTS.iter().enumerate() {
+            let bias = ((i + j) % 2 == 0).then_some(&b[..]);
+            for t in [1, 2, 3] {
+                let mut scratch = Vec::new();
+                let mut want = vec![0.0; res.len()];
+                let mut got = vec![f32::NAN; res.len()];
+                pool(t).install(|| {
+                    c.run(
+                        *n,
+                        *h,
+                        *w,
+                        &x,
+                        &wt,
+                        bias,
+                        Activation::None,
+                        &mut want,
+                        &mut scratch,
+                    );
+                    c.run_add(
+                        *n,
+                        *h,
+                        *w,
+                        &x,
+                        &wt,
+                        bias,
+                        Some(&res),
+                        *act,
+                        &mut got,
+                        &mut scratch,
+                    );
+                });
+                for (v, &r) in want.iter_mut().zip(&res) {
+                    *v = act.apply(*v + r);
+                }
+                let same = got
+                    .iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(
+                    same,
+                    "conv {c:?} n{n} {act:?} bias {} threads {t}",
+                    bias.is_some()
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn conv_all_activations_fused() {
     let mut seed = 2;

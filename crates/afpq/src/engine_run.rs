@@ -109,6 +109,8 @@ impl Classifier {
                         .context("applying the quantization plan")?,
                 }
             }
+            // Inference only: residual Adds into the convolution epilogues.
+            afp_engine::passes::fuse_residual_add(&mut g);
             afp_engine::exec::check_runtime_types(&g)?;
             let s = Session::new(g, self.threads)?;
             self.sessions.insert(batch, s);
