@@ -277,7 +277,9 @@ impl Graph {
     pub fn node_macs(&self, node: &Node) -> u64 {
         let out = self.values[node.output].numel() as u64;
         match &node.op {
-            Op::Conv { conv, .. } => out * (conv.c_in / conv.group * conv.kh * conv.kw) as u64,
+            Op::Conv { conv, .. } | Op::ConvAdd { conv, .. } => {
+                out * (conv.c_in / conv.group * conv.kh * conv.kw) as u64
+            }
             Op::Gemm { trans_a, .. } => {
                 let a = &self.values[node.inputs[0]].shape;
                 let k = if *trans_a { a[0] } else { a[1] };
@@ -287,7 +289,9 @@ impl Graph {
                 let a = &self.values[node.inputs[0]].shape;
                 out * *a.last().unwrap_or(&1) as u64
             }
-            Op::QConv(q) => out * (q.conv.c_in / q.conv.group * q.conv.kh * q.conv.kw) as u64,
+            Op::QConv(q) | Op::QConvAdd { q, .. } => {
+                out * (q.conv.c_in / q.conv.group * q.conv.kh * q.conv.kw) as u64
+            }
             Op::QGemm(q) => out * q.depth() as u64,
             _ => 0,
         }

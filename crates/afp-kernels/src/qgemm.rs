@@ -290,6 +290,33 @@ unsafe fn tile_u8i8_avx2<const QUAD: bool>(
     kq: usize,
 ) -> [[i32; NR]; MR] {
     use std::arch::x86_64::*;
+    // SAFETY: forwarded contract.
+    let acc = unsafe { acc_u8i8_avx2::<QUAD>(a, b, off, kq) };
+    let mut out = [[0i32; NR]; MR];
+    for (o, acc_r) in out.iter_mut().zip(&acc) {
+        // SAFETY: each row holds NR = 16 i32, written as two 8-lane vectors.
+        unsafe {
+            _mm256_storeu_si256(o.as_mut_ptr() as *mut __m256i, acc_r[0]);
+            _mm256_storeu_si256(o.as_mut_ptr().add(8) as *mut __m256i, acc_r[1]);
+        }
+    }
+    out
+}
+
+/// The `u8 x i8` tile's sums in registers: row `r`, columns `8h..8h+8` in `acc[r][h]`.
+///
+/// # Safety
+/// As [`tile_u8i8_avx2`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn acc_u8i8_avx2<const QUAD: bool>(
+    a: &[i8],
+    b: Panels<'_, u8>,
+    off: usize,
+    kq: usize,
+) -> [[std::arch::x86_64::__m256i; 2]; MR] {
+    use std::arch::x86_64::*;
     let ap = a.as_ptr();
     let bp = b.data.as_ptr().add(off);
     let st = b.quad_stride;
@@ -335,15 +362,122 @@ unsafe fn tile_u8i8_avx2<const QUAD: bool>(
         }
         q += 1;
     }
-    let mut out = [[0i32; NR]; MR];
-    for (o, acc_r) in out.iter_mut().zip(&acc) {
-        // SAFETY: each row holds NR = 16 i32, written as two 8-lane vectors.
-        unsafe {
-            _mm256_storeu_si256(o.as_mut_ptr() as *mut __m256i, acc_r[0]);
-            _mm256_storeu_si256(o.as_mut_ptr().add(8) as *mut __m256i, acc_r[1]);
+    acc
+}
+
+/// A whole `u8 x i8` tile (`MR` rows from `r0`, `NR` columns from `j0`, unit column stride)
+/// computed and stored through the epilogue in registers: `(sum - corr) * mult + bias`, the
+/// affine step, the residual, then a Relu/Clip, the same f32 operations in the same order as
+/// [`store_tile`] (multiply then add, never fused), so both give the same bits.
+///
+/// # Safety
+/// As [`tile_u8i8_avx2`]; the epilogue's activation is None, Relu or Clip; no other thread
+/// touches the tile's output elements.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_store_u8i8_avx2<const QUAD: bool>(
+    a: &[i8],
+    b: Panels<'_, u8>,
+    off: usize,
+    kq: usize,
+    r0: usize,
+    j0: usize,
+    ep: &Epilogue<'_>,
+    out: OutPtr,
+) {
+    use std::arch::x86_64::*;
+    let (lo, hi) = match ep.act {
+        Activation::None => (f32::NEG_INFINITY, f32::INFINITY),
+        Activation::Relu => (0.0, f32::INFINITY),
+        Activation::Clip { min, max } => (min, max),
+        _ => unreachable!("caller checks the activation"),
+    };
+    let clamp = ep.act != Activation::None;
+    let (lo, hi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
+    assert!(out.cs == 1, "qgemm: vector store needs unit column stride");
+    let last = (r0 + MR - 1) * out.rs + j0 + NR - 1;
+    assert!(last < out.len, "qgemm: output tile out of bounds");
+    if let Some(res) = ep.residual {
+        assert!(last < res.len(), "qgemm: residual tile out of bounds");
+    }
+    // SAFETY: forwarded contract.
+    let acc = unsafe { acc_u8i8_avx2::<QUAD>(a, b, off, kq) };
+    for (rr, acc_r) in acc.iter().enumerate() {
+        let r = r0 + rr;
+        let m = _mm256_set1_ps(ep.mult[r]);
+        let bias = _mm256_set1_ps(ep.bias.map_or(0.0, |b| b[r]));
+        // |corr| <= 255 * 64 * K, within i32 (checked at build).
+        let corr = _mm256_set1_epi32(ep.zero_corr.map_or(0, |z| z[r]) as i32);
+        let affine = ep
+            .affine
+            .map(|(sc, sh)| (_mm256_set1_ps(sc[r]), _mm256_set1_ps(sh[r])));
+        let base = r * out.rs + j0;
+        for (h, &acc_h) in acc_r.iter().enumerate() {
+            let x = _mm256_cvtepi32_ps(_mm256_sub_epi32(acc_h, corr));
+            let mut v = _mm256_add_ps(_mm256_mul_ps(x, m), bias);
+            if let Some((sc, sh)) = affine {
+                v = _mm256_add_ps(_mm256_mul_ps(v, sc), sh);
+            }
+            if let Some(res) = ep.residual {
+                // SAFETY: base + 8h + 7 <= last < res.len() (asserted above).
+                v = _mm256_add_ps(v, unsafe {
+                    _mm256_loadu_ps(res.as_ptr().add(base + 8 * h))
+                });
+            }
+            if clamp {
+                // max(v, lo) returns lo for NaN, as f32::max does in `store_tile`.
+                v = _mm256_min_ps(_mm256_max_ps(v, lo), hi);
+            }
+            // SAFETY: base + 8h + 7 <= last < out.len (asserted above); this tile's elements
+            // belong to this call (function contract).
+            unsafe { _mm256_storeu_ps(out.ptr.add(base + 8 * h), v) };
         }
     }
-    out
+}
+
+/// Computes and stores a whole tile with the epilogue in registers when the kernel and the
+/// activation allow it; returns false (having done nothing) otherwise.
+///
+/// # Safety
+/// As [`compute`]; the tile is whole (`MR` rows, `NR` columns, unit column stride).
+#[allow(clippy::too_many_arguments)]
+#[inline]
+unsafe fn tile_store_fast(
+    w: &PackedWeights,
+    p: usize,
+    b: ActPanels<'_>,
+    off: usize,
+    r0: usize,
+    j0: usize,
+    ep: &Epilogue<'_>,
+    out: OutPtr,
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if let (PackedWeights::U8I8(a, kern), ActPanels::U8(b)) = (w, b) {
+        let act_ok = matches!(
+            ep.act,
+            Activation::None | Activation::Relu | Activation::Clip { .. }
+        );
+        if act_ok && matches!(kern, U8I8Kernel::Avx2Quad | U8I8Kernel::Avx2Pair) {
+            let kq = w.quads();
+            assert!(b.check(off, kq), "qgemm: activation panel out of bounds");
+            let a = a.panel(p);
+            // SAFETY: these kernels are chosen only with AVX2 present; the panel bounds are
+            // asserted above, `a.panel` holds kq * MR * 4 values; the tile is whole and
+            // exclusive (function contract), the activation is a clamp (checked above).
+            unsafe {
+                if *kern == U8I8Kernel::Avx2Quad {
+                    tile_store_u8i8_avx2::<true>(a, b, off, kq, r0, j0, ep, out)
+                } else {
+                    tile_store_u8i8_avx2::<false>(a, b, off, kq, r0, j0, ep, out)
+                }
+            }
+            return true;
+        }
+    }
+    let _ = (w, p, b, off, r0, j0, ep, out);
+    false
 }
 
 /// Integer sums of one tile.
@@ -683,6 +817,12 @@ pub unsafe fn compute(
                 j0 + RESIDUAL_PREFETCH_TILES * NR,
                 cols.end,
             );
+            let whole = nrows == MR && cols.end - j0 >= NR && out.cs == 1;
+            // SAFETY: forwarded contract.
+            if whole && unsafe { tile_store_fast(w, p, b, panel_off(j0), r0, j0, ep, out) } {
+                j0 += NR;
+                continue;
+            }
             let t = tile(w, p, b, panel_off(j0));
             // SAFETY: forwarded contract.
             unsafe { store_tile(&t, r0, nrows, j0, (cols.end - j0).min(NR), ep, out) };
@@ -718,7 +858,9 @@ mod tests {
     }
 
     /// Every kernel gives the exact integer sums on odd shapes (partial tiles), and the
-    /// epilogue scales, shifts, biases and activates per row, at any output strides.
+    /// epilogue (in registers for whole tiles, else per element) scales, shifts, biases,
+    /// applies the affine step, adds the residual and activates per row, bit for bit the
+    /// scalar order of operations, at any output strides.
     #[test]
     fn kernels_are_exact() {
         let mut seed = 7;
@@ -761,14 +903,29 @@ mod tests {
             let corr: Vec<i64> = (0..m).map(|r| 3 * r as i64).collect();
             for kern in kernels {
                 let pw = PackedWeights::U8I8(PackedA::new(m, kq, &w), kern);
-                for (act, transposed) in [(Activation::None, false), (Activation::Relu, true)] {
+                let clip = Activation::Clip {
+                    min: -0.5,
+                    max: 40.0,
+                };
+                let sc: Vec<f32> = (0..m).map(|r| 1.5 - 0.25 * r as f32).collect();
+                let sh: Vec<f32> = (0..m).map(|r| 0.125 * r as f32).collect();
+                let res: Vec<f32> = (0..m * n).map(|i| (i % 7) as f32 * 0.75 - 2.0).collect();
+                // (activation, transposed output, with affine and residual): whole tiles with
+                // unit column stride take the in-register epilogue, the rest `store_tile`.
+                for (act, transposed, extras) in [
+                    (Activation::None, false, false),
+                    (Activation::Relu, false, true),
+                    (clip, false, true),
+                    (Activation::Sigmoid, false, true),
+                    (Activation::Relu, true, true),
+                ] {
                     let ep = Epilogue {
                         mult: &mult,
                         bias: Some(&bias),
                         act,
                         zero_corr: Some(&corr),
-                        affine: None,
-                        residual: None,
+                        affine: extras.then_some((&sc[..], &sh[..])),
+                        residual: extras.then_some(&res[..]),
                     };
                     let mut got = vec![f32::NAN; m * n];
                     let (rs, cs) = if transposed { (1, m) } else { (n, 1) };
@@ -781,11 +938,15 @@ mod tests {
                     unsafe { compute(&pw, b, |j0| j0 * 4, 0..m, 0..n, &ep, out) };
                     for r in 0..m {
                         for j in 0..n {
-                            let v = (want[r * n + j] - corr[r]) as f32 * mult[r] + bias[r];
+                            let mut v = (want[r * n + j] - corr[r]) as f32 * mult[r] + bias[r];
+                            if extras {
+                                v = v * sc[r] + sh[r];
+                                v += res[r * rs + j * cs];
+                            }
                             assert_eq!(
-                                got[r * rs + j * cs],
-                                act.apply(v),
-                                "{kern:?} m{m} k{k} n{n} at ({r},{j})"
+                                got[r * rs + j * cs].to_bits(),
+                                act.apply(v).to_bits(),
+                                "{kern:?} m{m} k{k} n{n} {act:?} extras {extras} at ({r},{j})"
                             );
                         }
                     }
