@@ -196,6 +196,8 @@ trait BlockBuf: ActInt {
     fn with_block<R>(f: impl FnOnce(&mut Vec<Self>) -> R) -> R;
     /// The values as bytes, for the u8 path's matrix-vector kernel.
     fn as_u8(s: &[Self]) -> Option<&[u8]>;
+    /// The same, writable (the u8 path's register encoder).
+    fn as_u8_mut(s: &mut [Self]) -> Option<&mut [u8]>;
 }
 impl BlockBuf for u8 {
     fn with_block<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
@@ -204,12 +206,18 @@ impl BlockBuf for u8 {
     fn as_u8(s: &[u8]) -> Option<&[u8]> {
         Some(s)
     }
+    fn as_u8_mut(s: &mut [u8]) -> Option<&mut [u8]> {
+        Some(s)
+    }
 }
 impl BlockBuf for i16 {
     fn with_block<R>(f: impl FnOnce(&mut Vec<i16>) -> R) -> R {
         BLOCK_I16.with(|b| f(&mut b.borrow_mut()))
     }
     fn as_u8(_: &[i16]) -> Option<&[u8]> {
+        None
+    }
+    fn as_u8_mut(_: &mut [i16]) -> Option<&mut [u8]> {
         None
     }
 }
@@ -787,7 +795,7 @@ unsafe fn depthwise_channel_avx2(
 
 /// Encodes a layer input into channel quads `[image][group][quad][pixel][4]`; padding
 /// channels keep what `dst` holds (the zero code).
-fn encode_quads<T: ActInt>(
+fn encode_quads<T: BlockBuf>(
     dst: &mut [T],
     input: &[f32],
     inl: InLayout,
@@ -815,7 +823,17 @@ fn encode_quads<T: ActInt>(
                 // SAFETY: AVX2 is present (checked at run time just above).
                 #[cfg(target_arch = "x86_64")]
                 unsafe {
-                    encode_quad_avx2(enc, zero, &src, dst)
+                    let whole = match T::as_u8_mut(dst) {
+                        Some(d) if enc.is_uniform() && src.pix == 1 && src.chans == 4 => {
+                            encode_quad_u8_uniform_avx2(enc, zero.widen() as u8, &src, d)
+                        }
+                        _ => 0,
+                    };
+                    let rest = QuadSource {
+                        base: src.base + whole,
+                        ..src
+                    };
+                    encode_quad_avx2(enc, zero, &rest, &mut dst[whole * 4..])
                 };
                 #[cfg(not(target_arch = "x86_64"))]
                 encode_quad(enc, zero, &src, dst);
@@ -868,6 +886,48 @@ fn encode_quad<T: ActInt>(enc: &ActEncoder, zero: T, src: &QuadSource<'_>, dst: 
     }
 }
 
+/// One quad of u8 codes on a uniform grid from 4 channels of contiguous pixels, 8 pixels per
+/// step in registers: each 32-bit lane gathers one pixel's 4 codes. The clamp, the rounding
+/// (`cvtps` rounds half to even, as [`round_even_small`]) and NaN to `+max` are those of
+/// [`ActEncoder::encode_uniform`]. Returns how many pixels it did (a multiple of 8; the
+/// caller encodes the rest).
+///
+/// # Safety
+/// The CPU must have AVX2; the encoder is uniform with `max + zero <= 255`; `src.pix == 1`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn encode_quad_u8_uniform_avx2(
+    enc: &ActEncoder,
+    zero: u8,
+    src: &QuadSource<'_>,
+    dst: &mut [u8],
+) -> usize {
+    use std::arch::x86_64::*;
+    let hw = dst.len() / 4;
+    let whole = hw / 8 * 8;
+    let chans: [&[f32]; 4] = std::array::from_fn(|t| &src.input[src.base + t * src.chan..][..hw]);
+    let inv = _mm256_set1_ps(enc.inv_unit);
+    let lo = _mm256_set1_ps(if enc.signed { -enc.max as f32 } else { 0.0 });
+    let hi = _mm256_set1_ps(enc.max as f32);
+    let z = _mm256_set1_epi32(zero as i32);
+    for p in (0..whole).step_by(8) {
+        let mut word = _mm256_setzero_si256();
+        for (t, ch) in chans.iter().enumerate() {
+            // SAFETY: p + 8 <= whole <= hw = ch.len().
+            let x = unsafe { _mm256_loadu_ps(ch.as_ptr().add(p)) };
+            let a = _mm256_mul_ps(x, inv);
+            let below = _mm256_cmp_ps::<_CMP_LT_OQ>(a, hi);
+            let c = _mm256_blendv_ps(hi, _mm256_max_ps(a, lo), below);
+            let n = _mm256_add_epi32(_mm256_cvtps_epi32(c), z);
+            let shifted = _mm256_sllv_epi32(n, _mm256_set1_epi32(8 * t as i32));
+            word = _mm256_or_si256(word, shifted);
+        }
+        // SAFETY: bytes 4p .. 4p + 32 <= 4 * whole <= dst.len().
+        unsafe { _mm256_storeu_si256(dst.as_mut_ptr().add(4 * p) as *mut __m256i, word) };
+    }
+    whole
+}
+
 /// [`encode_quad`] compiled for AVX2 (8 lanes instead of SSE2's 4).
 ///
 /// # Safety
@@ -906,6 +966,10 @@ fn gather_panel<T: Int>(
         base_y[cc] = ((j / ow) * c.stride[0]) as isize - c.pads[0] as isize;
         base_x[cc] = ((j % ow) * c.stride[1]) as isize - c.pads[1] as isize;
     }
+    // Whole quads at a time: one 4-element move each (the stem gathers 49 taps per pixel).
+    let (src4, _) = src.as_chunks::<4>();
+    let (dst4, _) = dst.as_chunks_mut::<4>();
+    let zero4 = [zero; 4];
     for ky in 0..c.kh {
         let dy = (ky * c.dilation[0]) as isize;
         for kx in 0..c.kw {
@@ -920,12 +984,8 @@ fn gather_panel<T: Int>(
                     0
                 };
                 for q in 0..cq {
-                    let d = &mut dst[((pos * cq + q) * NR + cc) * 4..][..4];
-                    if inside {
-                        d.copy_from_slice(&src[(q * hw + pix) * 4..][..4]);
-                    } else {
-                        d.fill(zero);
-                    }
+                    dst4[(pos * cq + q) * NR + cc] =
+                        if inside { src4[q * hw + pix] } else { zero4 };
                 }
             }
         }
@@ -1122,6 +1182,53 @@ mod tests {
             }
         }
         out
+    }
+
+    /// The u8 register encoder (uniform grids, whole quads, 8 pixels a step) equals the
+    /// scalar encoder on ties, clamping, negatives, NaN and infinities, signed and unsigned,
+    /// with a tail of pixels left to the scalar loop.
+    #[test]
+    fn register_encoder_matches_the_scalar_one() {
+        let specials = [
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            -0.0,
+            0.0,
+            1e30,
+            -1e30,
+        ];
+        for (signed, ue, mb, max, zero) in [(false, -6, 7u32, 255u64, 0u8), (true, -5, 6, 127, 128)]
+        {
+            let enc = ActEncoder::new(ue, mb, max, signed).unwrap();
+            assert!(enc.is_uniform());
+            let unit = 2f32.powi(ue);
+            let hw = 37;
+            let input: Vec<f32> = (0..4 * hw)
+                .map(|i| match i % 5 {
+                    0 => specials[(i / 5) % specials.len()],
+                    1 => ((i as f32) - 70.0 + 0.5) * unit, // ties
+                    _ => (i as f32 - 60.0) * 0.37 * unit,
+                })
+                .collect();
+            let mut got = vec![0u8; 4 * hw];
+            let inl = InLayout {
+                img: 4 * hw,
+                chan: hw,
+                pix: 1,
+            };
+            encode_quads(&mut got, &input, inl, (1, 1, 4, 1, hw), &enc, zero);
+            for p in 0..hw {
+                for t in 0..4 {
+                    let want = (enc.encode(input[t * hw + p]) + zero as i32) as u8;
+                    assert_eq!(
+                        got[p * 4 + t],
+                        want,
+                        "signed {signed} pixel {p} channel {t}"
+                    );
+                }
+            }
+        }
     }
 
     /// Every path (u8 unsigned, u8 with the signed shift, i16, depthwise; AVX2 and portable)
