@@ -7,7 +7,7 @@
 use rayon::prelude::*;
 use std::cell::RefCell;
 
-use crate::conv::Conv2d;
+use crate::conv::{valid_range, Conv2d};
 use crate::qgemm::{
     compute, ActInt, Epilogue, Int, OutPtr, PackedA, PackedWeights, Panels, U8I8Bounds, U8I8Kernel,
     MR, NR,
@@ -539,12 +539,29 @@ impl QConv {
         let dst = &mut quads[..n * g * plane];
         let shape = (n, g, cig, cq, hw);
         encode_quads(dst, input, inl, shape, &enc, zero);
+        let direct = c.kh == 1 && c.kw == 1 && c.stride == [1, 1] && c.pads == [0; 4];
+        // A stride-2 im2col reads every other input column: each encoded row is split into
+        // its even then its odd columns, so the gather copies contiguous runs.
+        let phased = !direct && c.stride[1] == 2 && w > 1;
+        if phased {
+            dst.par_chunks_mut(w * 4).with_min_len(64).for_each_init(
+                || vec![zero; w * 4],
+                |tmp, row| {
+                    tmp.copy_from_slice(row);
+                    let (t4, _) = tmp.as_chunks::<4>();
+                    let (r4, _) = row.as_chunks_mut::<4>();
+                    let even = w.div_ceil(2);
+                    for (x, v) in t4.iter().enumerate() {
+                        r4[if x % 2 == 0 { x / 2 } else { even + x / 2 }] = *v;
+                    }
+                },
+            );
+        }
         // 2. Multiply, in tasks of (image and group, block of columns, rows). Each task packs
         // its block of activation panels (a copy of channel quads for a plain 1x1, im2col
         // otherwise) into a per-thread buffer that stays in L2, then runs every weight panel
         // of its rows over it. Rows are split only when there are too few blocks for the
         // threads, which repeats the (small) packing.
-        let direct = c.kh == 1 && c.kw == 1 && c.stride == [1, 1] && c.pads == [0; 4];
         let npanels = ohw.div_ceil(NR);
         let panel_len = kq * NR * 4;
         let quads: &[T] = quads;
@@ -651,7 +668,8 @@ impl QConv {
                     }
                 } else {
                     for (bp, dst) in buf.chunks_mut(panel_len).enumerate() {
-                        gather_panel(c, src, zero, (h, w, ow), cq, ohw, (p0 + bp) * NR, dst);
+                        let geo = (h, w, ow, phased);
+                        gather_panel(c, src, zero, geo, cq, ohw, (p0 + bp) * NR, dst);
                     }
                 }
                 let panels = T::panels(Panels {
@@ -805,13 +823,22 @@ fn encode_quads<T: BlockBuf>(
 ) {
     debug_assert_eq!(dst.len(), n * g * cq * hw * 4);
     let avx2 = crate::qgemm::avx2_available();
+    // Quad planes split into runs of pixels, so a 3-channel stem (one plane) still uses
+    // every thread.
+    const RUN: usize = 4096;
     dst.par_chunks_mut(hw * 4)
         .enumerate()
-        .for_each(|(idx, dst)| {
+        .flat_map(|(idx, plane)| {
+            plane
+                .par_chunks_mut(RUN * 4)
+                .enumerate()
+                .map(move |(r, d)| (idx, r * RUN, d))
+        })
+        .for_each(|(idx, p0, dst)| {
             let (ig, q) = (idx / cq, idx % cq);
             let (img, gi) = (ig / g, ig % g);
             let chans = cig.saturating_sub(4 * q).min(4);
-            let base = img * inl.img + (gi * cig + 4 * q) * inl.chan;
+            let base = img * inl.img + (gi * cig + 4 * q) * inl.chan + p0 * inl.pix;
             let src = QuadSource {
                 input,
                 base,
@@ -824,7 +851,7 @@ fn encode_quads<T: BlockBuf>(
                 #[cfg(target_arch = "x86_64")]
                 unsafe {
                     let whole = match T::as_u8_mut(dst) {
-                        Some(d) if enc.is_uniform() && src.pix == 1 && src.chans == 4 => {
+                        Some(d) if enc.is_uniform() && src.pix == 1 => {
                             encode_quad_u8_uniform_avx2(enc, zero.widen() as u8, &src, d)
                         }
                         _ => 0,
@@ -892,6 +919,8 @@ fn encode_quad<T: ActInt>(enc: &ActEncoder, zero: T, src: &QuadSource<'_>, dst: 
 /// [`ActEncoder::encode_uniform`]. Returns how many pixels it did (a multiple of 8; the
 /// caller encodes the rest).
 ///
+/// Lanes of missing channels (`src.chans < 4`) get the zero code.
+///
 /// # Safety
 /// The CPU must have AVX2; the encoder is uniform with `max + zero <= 255`; `src.pix == 1`.
 #[cfg(target_arch = "x86_64")]
@@ -905,13 +934,21 @@ unsafe fn encode_quad_u8_uniform_avx2(
     use std::arch::x86_64::*;
     let hw = dst.len() / 4;
     let whole = hw / 8 * 8;
-    let chans: [&[f32]; 4] = std::array::from_fn(|t| &src.input[src.base + t * src.chan..][..hw]);
+    let chans: Vec<&[f32]> = (0..src.chans)
+        .map(|t| &src.input[src.base + t * src.chan..][..hw])
+        .collect();
     let inv = _mm256_set1_ps(enc.inv_unit);
     let lo = _mm256_set1_ps(if enc.signed { -enc.max as f32 } else { 0.0 });
     let hi = _mm256_set1_ps(enc.max as f32);
     let z = _mm256_set1_epi32(zero as i32);
+    // The zero code in the lanes of missing channels.
+    let mut pad = 0i32;
+    for t in src.chans..4 {
+        pad |= (zero as i32) << (8 * t);
+    }
+    let pad = _mm256_set1_epi32(pad);
     for p in (0..whole).step_by(8) {
-        let mut word = _mm256_setzero_si256();
+        let mut word = pad;
         for (t, ch) in chans.iter().enumerate() {
             // SAFETY: p + 8 <= whole <= hw = ch.len().
             let x = unsafe { _mm256_loadu_ps(ch.as_ptr().add(p)) };
@@ -944,14 +981,18 @@ unsafe fn encode_quad_avx2<T: ActInt>(
 }
 
 /// im2col of one panel: columns `j0..j0+NR` (output pixels) of one image and group, from its
-/// channel quads `src: [quad][pixel][4]`; K quad `(ky * kw + kx) * cq + quad`. Padding reads
-/// the encoded zero.
+/// channel quads `src: [quad][pixel][4]`; K quad `(ky * kw + kx) * cq + quad`. Padding (and
+/// the columns past `ohw` of a last, partial panel) reads the encoded zero. The panel's
+/// columns are taken a run within one output row at a time, so each (tap, quad) is one
+/// strided copy between two zero-filled ends, with no per-element bounds logic. `phased`:
+/// stride 2 with each row of `src` stored as its even columns, then its odd ones (a copy of
+/// contiguous quads).
 #[allow(clippy::too_many_arguments)]
 fn gather_panel<T: Int>(
     c: &Conv2d,
     src: &[T],
     zero: T,
-    (h, w, ow): (usize, usize, usize),
+    (h, w, ow, phased): (usize, usize, usize, bool),
     cq: usize,
     ohw: usize,
     j0: usize,
@@ -959,35 +1000,74 @@ fn gather_panel<T: Int>(
 ) {
     let cols = ohw.saturating_sub(j0).min(NR);
     let hw = h * w;
-    let mut base_y = [0isize; NR];
-    let mut base_x = [0isize; NR];
-    for cc in 0..cols {
-        let j = j0 + cc;
-        base_y[cc] = ((j / ow) * c.stride[0]) as isize - c.pads[0] as isize;
-        base_x[cc] = ((j % ow) * c.stride[1]) as isize - c.pads[1] as isize;
-    }
-    // Whole quads at a time: one 4-element move each (the stem gathers 49 taps per pixel).
     let (src4, _) = src.as_chunks::<4>();
     let (dst4, _) = dst.as_chunks_mut::<4>();
     let zero4 = [zero; 4];
-    for ky in 0..c.kh {
-        let dy = (ky * c.dilation[0]) as isize;
-        for kx in 0..c.kw {
-            let dx = (kx * c.dilation[1]) as isize;
-            let pos = ky * c.kw + kx;
-            for cc in 0..cols {
-                let (iy, ix) = (base_y[cc] + dy, base_x[cc] + dx);
-                let inside = iy >= 0 && iy < h as isize && ix >= 0 && ix < w as isize;
-                let pix = if inside {
-                    iy as usize * w + ix as usize
-                } else {
-                    0
-                };
+    let taps = c.kh * c.kw;
+    let (sy, sx) = (c.stride[0], c.stride[1]);
+    // Per kernel column: its input offset and the output columns it finds inside the row
+    // (two divisions, hoisted out of the run, row and quad loops).
+    let col_range = |kx: usize| {
+        let off = (kx * c.dilation[1]) as isize - c.pads[1] as isize;
+        let (vx0, vx1) = valid_range(off, sx, w, ow);
+        (off, vx0, vx1)
+    };
+    let mut small = [(0isize, 0usize, 0usize); 16];
+    let big: Vec<(isize, usize, usize)>;
+    let ranges: &[(isize, usize, usize)] = if c.kw <= small.len() {
+        for (kx, r) in small.iter_mut().enumerate().take(c.kw) {
+            *r = col_range(kx);
+        }
+        &small[..c.kw]
+    } else {
+        big = (0..c.kw).map(col_range).collect();
+        &big
+    };
+    let mut cc0 = 0;
+    while cc0 < cols {
+        let (oy, ox0) = ((j0 + cc0) / ow, (j0 + cc0) % ow);
+        let len = (ow - ox0).min(cols - cc0);
+        for ky in 0..c.kh {
+            let iy = (oy * sy + ky * c.dilation[0]) as isize - c.pads[0] as isize;
+            let row_ok = iy >= 0 && iy < h as isize;
+            for (kx, &(off, vx0, vx1)) in ranges.iter().enumerate() {
+                let pos = ky * c.kw + kx;
+                // Output columns whose input column lies inside the row, within this run.
+                let (a, b) = (vx0.clamp(ox0, ox0 + len), vx1.clamp(ox0, ox0 + len));
                 for q in 0..cq {
-                    dst4[(pos * cq + q) * NR + cc] =
-                        if inside { src4[q * hw + pix] } else { zero4 };
+                    let d = &mut dst4[(pos * cq + q) * NR + cc0..][..len];
+                    if !row_ok || a >= b {
+                        d.fill(zero4);
+                        continue;
+                    }
+                    d[..a - ox0].fill(zero4);
+                    d[b - ox0..].fill(zero4);
+                    let row = &src4[q * hw + iy as usize * w..][..w];
+                    let first = (a as isize * sx as isize + off) as usize;
+                    let mid = &mut d[a - ox0..b - ox0];
+                    if sx == 1 {
+                        mid.copy_from_slice(&row[first..first + mid.len()]);
+                    } else if phased {
+                        // Columns first, first + 2, ... share a parity: one run of a phase.
+                        let start = if first % 2 == 0 {
+                            first / 2
+                        } else {
+                            w.div_ceil(2) + first / 2
+                        };
+                        mid.copy_from_slice(&row[start..start + mid.len()]);
+                    } else {
+                        for (dv, sv) in mid.iter_mut().zip(row[first..].iter().step_by(sx)) {
+                            *dv = *sv;
+                        }
+                    }
                 }
             }
+        }
+        cc0 += len;
+    }
+    if cols < NR {
+        for pos_q in 0..taps * cq {
+            dst4[pos_q * NR + cols..(pos_q + 1) * NR].fill(zero4);
         }
     }
 }
@@ -1184,9 +1264,9 @@ mod tests {
         out
     }
 
-    /// The u8 register encoder (uniform grids, whole quads, 8 pixels a step) equals the
-    /// scalar encoder on ties, clamping, negatives, NaN and infinities, signed and unsigned,
-    /// with a tail of pixels left to the scalar loop.
+    /// The u8 register encoder (uniform grids, 8 pixels a step) equals the scalar encoder on
+    /// ties, clamping, negatives, NaN and infinities, signed and unsigned, with a tail of
+    /// pixels left to the scalar loop, missing channels at the zero code, planes in runs.
     #[test]
     fn register_encoder_matches_the_scalar_one() {
         let specials = [
@@ -1198,34 +1278,36 @@ mod tests {
             1e30,
             -1e30,
         ];
-        for (signed, ue, mb, max, zero) in [(false, -6, 7u32, 255u64, 0u8), (true, -5, 6, 127, 128)]
-        {
+        let encs = [(false, -6, 7u32, 255u64, 0u8), (true, -5, 6, 127, 128)];
+        for (signed, ue, mb, max, zero) in encs {
             let enc = ActEncoder::new(ue, mb, max, signed).unwrap();
             assert!(enc.is_uniform());
             let unit = 2f32.powi(ue);
-            let hw = 37;
-            let input: Vec<f32> = (0..4 * hw)
-                .map(|i| match i % 5 {
-                    0 => specials[(i / 5) % specials.len()],
-                    1 => ((i as f32) - 70.0 + 0.5) * unit, // ties
-                    _ => (i as f32 - 60.0) * 0.37 * unit,
-                })
-                .collect();
-            let mut got = vec![0u8; 4 * hw];
-            let inl = InLayout {
-                img: 4 * hw,
-                chan: hw,
-                pix: 1,
-            };
-            encode_quads(&mut got, &input, inl, (1, 1, 4, 1, hw), &enc, zero);
-            for p in 0..hw {
-                for t in 0..4 {
-                    let want = (enc.encode(input[t * hw + p]) + zero as i32) as u8;
-                    assert_eq!(
-                        got[p * 4 + t],
-                        want,
-                        "signed {signed} pixel {p} channel {t}"
-                    );
+            // Whole quads, a 3-channel quad (the stem), a plane split into runs.
+            for (cig, hw) in [(4usize, 37usize), (3, 37), (2, 4100)] {
+                let input: Vec<f32> = (0..cig * hw)
+                    .map(|i| match i % 5 {
+                        0 => specials[(i / 5) % specials.len()],
+                        1 => ((i % 300) as f32 - 150.0 + 0.5) * unit, // ties
+                        _ => ((i % 300) as f32 - 120.0) * 0.37 * unit,
+                    })
+                    .collect();
+                let mut got = vec![zero; 4 * hw];
+                let inl = InLayout {
+                    img: cig * hw,
+                    chan: hw,
+                    pix: 1,
+                };
+                encode_quads(&mut got, &input, inl, (1, 1, cig, 1, hw), &enc, zero);
+                for p in 0..hw {
+                    for t in 0..4 {
+                        let want = if t < cig {
+                            (enc.encode(input[t * hw + p]) + zero as i32) as u8
+                        } else {
+                            zero
+                        };
+                        assert_eq!(got[p * 4 + t], want, "{signed} {cig}x{hw} pixel {p} ch {t}");
+                    }
                 }
             }
         }
@@ -1244,6 +1326,10 @@ mod tests {
             (conv(5, 5, 3, 3, [1, 1], [1, 1], [1, 1, 1, 1], 5), 1, 6, 7),
             (conv(4, 8, 5, 5, [2, 1], [1, 1], [2, 2, 2, 2], 4), 1, 9, 9),
             (conv(64, 12, 1, 1, [1, 1], [1, 1], [0; 4], 1), 3, 1, 1),
+            // Stride 2 in x (the even/odd split rows): 1x1, and dilated with odd pads.
+            (conv(8, 12, 1, 1, [2, 2], [1, 1], [0; 4], 1), 2, 9, 12),
+            (conv(4, 8, 3, 3, [1, 2], [1, 2], [1, 3, 2, 0], 1), 1, 7, 13),
+            (conv(3, 8, 7, 7, [2, 2], [1, 1], [3; 4], 1), 1, 21, 40),
         ];
         // (signed, unit_exp, man_bits, max): uE1M7, sE1M6, uE3M5 (i16), sE2M5.
         let encs = [
