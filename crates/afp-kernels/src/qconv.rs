@@ -1049,7 +1049,7 @@ fn gather_panel<T: Int>(
                         mid.copy_from_slice(&row[first..first + mid.len()]);
                     } else if phased {
                         // Columns first, first + 2, ... share a parity: one run of a phase.
-                        let start = if first % 2 == 0 {
+                        let start = if first.is_multiple_of(2) {
                             first / 2
                         } else {
                             w.div_ceil(2) + first / 2
