@@ -31,6 +31,19 @@ pub use qconv::{ActEncoder, QConv, QGemm, QScratch};
 #[doc(hidden)]
 pub use matmul::{matmul, threads_for, MatLayout};
 
+/// Writes `src`'s even-indexed elements, then its odd-indexed ones, to `dst` (same length):
+/// a stride-2 window then reads one contiguous run of one half.
+pub(crate) fn split_even_odd<T: Copy>(src: &[T], dst: &mut [T]) {
+    assert_eq!(src.len(), dst.len(), "split_even_odd: lengths");
+    let (ev, od) = dst.split_at_mut(src.len().div_ceil(2));
+    for ((e, o), pair) in ev.iter_mut().zip(od).zip(src.chunks_exact(2)) {
+        (*e, *o) = (pair[0], pair[1]);
+    }
+    if src.len() % 2 == 1 {
+        ev[ev.len() - 1] = src[src.len() - 1];
+    }
+}
+
 /// Deterministic pseudo-random test data shared by the unit tests.
 #[cfg(test)]
 mod test_rand {

@@ -550,10 +550,7 @@ impl QConv {
                     tmp.copy_from_slice(row);
                     let (t4, _) = tmp.as_chunks::<4>();
                     let (r4, _) = row.as_chunks_mut::<4>();
-                    let even = w.div_ceil(2);
-                    for (x, v) in t4.iter().enumerate() {
-                        r4[if x % 2 == 0 { x / 2 } else { even + x / 2 }] = *v;
-                    }
+                    crate::split_even_odd(t4, r4);
                 },
             );
         }
