@@ -189,9 +189,19 @@ pub fn plan_layers_probed(
     // Per layer, the best choice at each allowed bit-width.
     let widths: Vec<u32> = match (o.search.family.fixed_bits(), o.avg_bits) {
         (Some(b), _) => vec![b],
-        (None, Some(_)) => (o.min_bits..=o.max_bits).collect(),
+        // A budget spreads over the widths that have a format (with `--int8-kernels`, the
+        // widest ones have none).
+        (None, Some(_)) => (o.min_bits..=o.max_bits)
+            .filter(|&b| !search::weight_formats(b, &o.search).is_empty())
+            .collect(),
         (None, None) => vec![o.bits],
     };
+    if widths.is_empty() {
+        return Err(format!(
+            "no width from {} to {} bits has a weight format the 8-bit integer kernels run",
+            o.min_bits, o.max_bits
+        ));
+    }
     let mut per_layer: Vec<Vec<search::WeightChoice>> = (0..layers.len())
         .into_par_iter()
         .map(|i| {

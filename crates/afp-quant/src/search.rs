@@ -225,6 +225,16 @@ fn score(
     })
 }
 
+/// The weight formats of `bits` bits the search may choose: the family's candidates, only
+/// those the 8-bit integer kernels run with `int8_kernels` (none, at some widths).
+pub fn weight_formats(bits: u32, o: &SearchOptions) -> Vec<NumFormat> {
+    let mut formats = o.family.candidates(bits, o.zero_mode);
+    if o.int8_kernels {
+        formats.retain(|f| fits_int8_kernels(f, true));
+    }
+    formats
+}
+
 /// The best configuration of `bits` bits. Exhaustive: every candidate of the family
 /// (exact per layer). Bayes (AFP family): Bayesian optimization over the E/M splits and offset
 /// shifts; the choice records how many configurations it evaluated.
@@ -234,14 +244,11 @@ pub fn best_weights(
     bits: u32,
     o: &SearchOptions,
 ) -> Result<WeightChoice, String> {
-    let mut formats = o.family.candidates(bits, o.zero_mode);
-    if o.int8_kernels {
-        formats.retain(|f| fits_int8_kernels(f, true));
-        if formats.is_empty() {
-            return Err(format!(
-                "no {bits}-bit weight format of this family fits the 8-bit integer kernels"
-            ));
-        }
+    let formats = weight_formats(bits, o);
+    if formats.is_empty() {
+        return Err(format!(
+            "no {bits}-bit weight format of this family fits the 8-bit integer kernels"
+        ));
     }
     if o.strategy == Strategy::Bayes && o.family == Family::Afp && formats.len() > 1 {
         let ne = formats.len();

@@ -100,3 +100,41 @@ fn bench_reports_the_packed_engine() {
     assert!((77_000..100_000).contains(&bytes), "{bytes}");
     assert!(v["results"][0]["images_per_s"].as_f64().unwrap() > 0.0);
 }
+
+/// A bit budget with `--int8-kernels` spreads over the widths that have a weight format the
+/// kernels run (3 to 7 bits; no 8-bit AFP format has |n| <= 64), and the result runs packed.
+#[test]
+fn int8_kernel_budget_skips_widths_without_formats() {
+    let dir = tmp("packed-budget");
+    let afp = dir.join("avg.afp").display().to_string();
+    quantize(
+        &afp,
+        &["--avg-bits", "6.5", "--acts", "8", "--int8-kernels"],
+    );
+    let v = json(&["inspect", &afp, "--json"]);
+    let bits: Vec<u64> = v["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["bits"].as_u64().unwrap())
+        .collect();
+    assert!(bits.iter().all(|&b| (3..=7).contains(&b)), "{bits:?}");
+    assert!(
+        bits.iter().any(|&b| b != 5),
+        "a budget, not one width: {bits:?}"
+    );
+    let b = json(&[
+        "bench",
+        &afp,
+        "--batch",
+        "1",
+        "--threads",
+        "1",
+        "--seconds",
+        "0.1",
+        "--warmup",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(b["engine"], "packed");
+}
