@@ -173,10 +173,7 @@ pub fn fuse_residual_add(g: &mut Graph) {
             } => act,
             _ => continue,
         };
-        if !matches!(
-            act,
-            Activation::None | Activation::Relu | Activation::Clip { .. }
-        ) {
+        if act.clamp_bounds().is_none() {
             continue;
         }
         let shape = &g.values[add.output].shape;

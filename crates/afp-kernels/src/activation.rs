@@ -27,6 +27,17 @@ fn hard_sigmoid(x: f32, alpha: f32, beta: f32) -> f32 {
 }
 
 impl Activation {
+    /// `(lo, hi)` when the activation is a clamp (None, Relu, Clip), which kernels apply in
+    /// registers in their epilogue; `None` for the others.
+    pub fn clamp_bounds(self) -> Option<(f32, f32)> {
+        match self {
+            Activation::None => Some((f32::NEG_INFINITY, f32::INFINITY)),
+            Activation::Relu => Some((0.0, f32::INFINITY)),
+            Activation::Clip { min, max } => Some((min, max)),
+            _ => None,
+        }
+    }
+
     /// Applies the activation to one value.
     #[inline]
     pub fn apply(&self, x: f32) -> f32 {

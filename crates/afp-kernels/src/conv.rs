@@ -190,10 +190,7 @@ impl Conv2d {
         let implicit = !direct
             && ohw >= IMPLICIT_MIN_OHW
             && sgemm::avx2_available()
-            && matches!(
-                act,
-                Activation::None | Activation::Relu | Activation::Clip { .. }
-            );
+            && act.clamp_bounds().is_some();
         let col_size = if direct || implicit { 0 } else { kk * ohw };
         let tasks = n * g;
         let task_out = cog * ohw;

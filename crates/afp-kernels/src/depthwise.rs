@@ -256,10 +256,7 @@ fn fast_ok(c: &Conv2d, act: Activation) -> bool {
         && c.stride[0] == c.stride[1]
         && (c.stride[0] == 1 || c.stride[0] == 2)
         && c.dilation == [1, 1]
-        && matches!(
-            act,
-            Activation::None | Activation::Relu | Activation::Clip { .. }
-        )
+        && act.clamp_bounds().is_some()
         && crate::sgemm::avx2_available()
 }
 

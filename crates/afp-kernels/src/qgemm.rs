@@ -367,12 +367,12 @@ unsafe fn acc_u8i8_avx2<const QUAD: bool>(
 
 /// A whole `u8 x i8` tile (`MR` rows from `r0`, `NR` columns from `j0`, unit column stride)
 /// computed and stored through the epilogue in registers: `(sum - corr) * mult + bias`, the
-/// affine step, the residual, then a Relu/Clip, the same f32 operations in the same order as
+/// affine step, the residual, then the clamp `(lo, hi)` of the epilogue's activation
+/// ([`Activation::clamp_bounds`]), the same f32 operations in the same order as
 /// [`store_tile`] (multiply then add, never fused), so both give the same bits.
 ///
 /// # Safety
-/// As [`tile_u8i8_avx2`]; the epilogue's activation is None, Relu or Clip; no other thread
-/// touches the tile's output elements.
+/// As [`tile_u8i8_avx2`]; no other thread touches the tile's output elements.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
@@ -384,15 +384,11 @@ unsafe fn tile_store_u8i8_avx2<const QUAD: bool>(
     r0: usize,
     j0: usize,
     ep: &Epilogue<'_>,
+    (lo, hi): (f32, f32),
     out: OutPtr,
 ) {
     use std::arch::x86_64::*;
-    let (lo, hi) = match ep.act {
-        Activation::None => (f32::NEG_INFINITY, f32::INFINITY),
-        Activation::Relu => (0.0, f32::INFINITY),
-        Activation::Clip { min, max } => (min, max),
-        _ => unreachable!("caller checks the activation"),
-    };
+    // None keeps NaN (max(NaN, -inf) would give -inf), as `store_tile` does.
     let clamp = ep.act != Activation::None;
     let (lo, hi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
     assert!(out.cs == 1, "qgemm: vector store needs unit column stride");
@@ -455,22 +451,19 @@ unsafe fn tile_store_fast(
 ) -> bool {
     #[cfg(target_arch = "x86_64")]
     if let (PackedWeights::U8I8(a, kern), ActPanels::U8(b)) = (w, b) {
-        let act_ok = matches!(
-            ep.act,
-            Activation::None | Activation::Relu | Activation::Clip { .. }
-        );
-        if act_ok && matches!(kern, U8I8Kernel::Avx2Quad | U8I8Kernel::Avx2Pair) {
+        let lohi = ep.act.clamp_bounds();
+        if let (Some(lohi), U8I8Kernel::Avx2Quad | U8I8Kernel::Avx2Pair) = (lohi, kern) {
             let kq = w.quads();
             assert!(b.check(off, kq), "qgemm: activation panel out of bounds");
             let a = a.panel(p);
             // SAFETY: these kernels are chosen only with AVX2 present; the panel bounds are
             // asserted above, `a.panel` holds kq * MR * 4 values; the tile is whole and
-            // exclusive (function contract), the activation is a clamp (checked above).
+            // exclusive (function contract).
             unsafe {
                 if *kern == U8I8Kernel::Avx2Quad {
-                    tile_store_u8i8_avx2::<true>(a, b, off, kq, r0, j0, ep, out)
+                    tile_store_u8i8_avx2::<true>(a, b, off, kq, r0, j0, ep, lohi, out)
                 } else {
-                    tile_store_u8i8_avx2::<false>(a, b, off, kq, r0, j0, ep, out)
+                    tile_store_u8i8_avx2::<false>(a, b, off, kq, r0, j0, ep, lohi, out)
                 }
             }
             return true;

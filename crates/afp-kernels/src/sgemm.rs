@@ -76,16 +76,6 @@ pub(crate) fn avx2_available() -> bool {
     }
 }
 
-/// `(lo, hi)` clamp for activations the kernel applies in registers.
-fn clamp_of(act: Activation) -> Option<(f32, f32)> {
-    match act {
-        Activation::None => Some((f32::NEG_INFINITY, f32::INFINITY)),
-        Activation::Relu => Some((0.0, f32::INFINITY)),
-        Activation::Clip { min, max } => Some((min, max)),
-        _ => None,
-    }
-}
-
 /// `c[m x n]` (row-major, row stride `ldc`) `= epi(a * b)`, `a` `m x k` and
 /// `b` `k x n` with arbitrary strides. `threads > 1` splits the output over
 /// the current rayon pool. Panics if an operand is too short.
@@ -247,7 +237,7 @@ fn gemm_fused_avx2(
         Bias::Col(bv) => assert!(bv.len() >= n, "sgemm: column bias too short"),
         Bias::None => {}
     }
-    let Some((lo, hi)) = clamp_of(epi.act) else {
+    let Some((lo, hi)) = epi.act.clamp_bounds() else {
         // Activation not fused in registers: run without it, then one pass.
         let plain = Epilogue {
             act: Activation::None,
@@ -318,7 +308,10 @@ pub(crate) fn conv_gemm_fused(
     threads: usize,
 ) {
     assert!(avx2_available(), "conv_gemm_fused needs AVX2+FMA");
-    let (lo, hi) = clamp_of(epi.act).expect("conv_gemm_fused: activation not fusable");
+    let (lo, hi) = epi
+        .act
+        .clamp_bounds()
+        .expect("conv_gemm_fused: activation not fusable");
     let n = src.oh * src.ow;
     if m == 0 || n == 0 || k == 0 {
         return;
