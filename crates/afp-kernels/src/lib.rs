@@ -44,6 +44,15 @@ pub(crate) fn split_even_odd<T: Copy>(src: &[T], dst: &mut [T]) {
     }
 }
 
+/// Where element `x` of a `len`-long row lands in [`split_even_odd`]'s output.
+pub(crate) fn split_index(x: usize, len: usize) -> usize {
+    if x.is_multiple_of(2) {
+        x / 2
+    } else {
+        len.div_ceil(2) + x / 2
+    }
+}
+
 /// Deterministic pseudo-random test data shared by the unit tests.
 #[cfg(test)]
 mod test_rand {

@@ -117,63 +117,43 @@ impl Pool2d {
         let cols = self.col_ranges(w, ow);
         let sw = self.stride[1];
         let min_len = (MIN_JOB_TAPS / (oh * ow * self.kh * self.kw).max(1)).max(1);
-        if sw == 2 && self.dilation[1] == 1 {
-            // Stride 2 (the ResNet stem's pool): each input row split once into its even and
-            // odd columns, so every window column is a contiguous, vectorizable max.
-            let even = w.div_ceil(2);
-            out.par_chunks_mut(oh * ow)
-                .enumerate()
-                .with_min_len(min_len)
-                .for_each_init(
-                    || vec![0f32; w],
-                    |split, (p, o)| {
-                        let plane = &input[p * h * w..][..h * w];
-                        for (oy, row) in o.chunks_exact_mut(ow).enumerate() {
-                            row.fill(f32::MIN);
-                            for ki in 0..self.kh {
-                                let Some(iy) = self.in_row(oy, ki, h) else {
-                                    continue;
-                                };
-                                let src = &plane[iy * w..][..w];
-                                crate::split_even_odd(src, split);
-                                for &(ox0, ox1, start) in &cols {
-                                    // Columns start, start + 2, ...: one run of one phase.
-                                    let at = if start % 2 == 0 {
-                                        start / 2
-                                    } else {
-                                        even + start / 2
-                                    };
-                                    let dst = &mut row[ox0..ox1];
-                                    let run = &split[at..at + dst.len()];
-                                    dst.iter_mut().zip(run).for_each(|(o, &x)| *o = o.max(x));
-                                }
-                            }
-                        }
-                    },
-                );
-            return;
-        }
+        // Stride 2 (the ResNet stem's pool): each input row is split once into its even and
+        // odd columns, so every window column is a contiguous, vectorizable max.
+        let split_rows = sw == 2;
         out.par_chunks_mut(oh * ow)
             .enumerate()
             .with_min_len(min_len)
-            .for_each(|(p, o)| {
-                let plane = &input[p * h * w..][..h * w];
-                for (oy, row) in o.chunks_exact_mut(ow).enumerate() {
-                    row.fill(f32::MIN);
-                    for ki in 0..self.kh {
-                        let Some(iy) = self.in_row(oy, ki, h) else {
-                            continue;
-                        };
-                        let src = &plane[iy * w..][..w];
-                        for &(ox0, ox1, start) in &cols {
-                            let dst = &mut row[ox0..ox1];
-                            dst.iter_mut()
-                                .zip(src[start..].iter().step_by(sw))
-                                .for_each(|(o, &x)| *o = o.max(x));
+            .for_each_init(
+                || vec![0f32; if split_rows { w } else { 0 }],
+                |split, (p, o)| {
+                    let plane = &input[p * h * w..][..h * w];
+                    for (oy, row) in o.chunks_exact_mut(ow).enumerate() {
+                        row.fill(f32::MIN);
+                        for ki in 0..self.kh {
+                            let Some(iy) = self.in_row(oy, ki, h) else {
+                                continue;
+                            };
+                            let src = &plane[iy * w..][..w];
+                            if split_rows {
+                                crate::split_even_odd(src, split);
+                            }
+                            for &(ox0, ox1, start) in &cols {
+                                let dst = &mut row[ox0..ox1];
+                                if split_rows {
+                                    // Columns start, start + 2, ...: one run of one half.
+                                    let at = crate::split_index(start, w);
+                                    let run = &split[at..at + dst.len()];
+                                    dst.iter_mut().zip(run).for_each(|(o, &x)| *o = o.max(x));
+                                } else {
+                                    dst.iter_mut()
+                                        .zip(src[start..].iter().step_by(sw))
+                                        .for_each(|(o, &x)| *o = o.max(x));
+                                }
+                            }
                         }
                     }
-                }
-            });
+                },
+            );
     }
 
     /// ONNX AveragePool over `n_c` planes of `h x w`. With

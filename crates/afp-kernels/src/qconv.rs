@@ -1045,12 +1045,8 @@ fn gather_panel<T: Int>(
                     if sx == 1 {
                         mid.copy_from_slice(&row[first..first + mid.len()]);
                     } else if phased {
-                        // Columns first, first + 2, ... share a parity: one run of a phase.
-                        let start = if first.is_multiple_of(2) {
-                            first / 2
-                        } else {
-                            w.div_ceil(2) + first / 2
-                        };
+                        // Columns first, first + 2, ... share a parity: one run of a half.
+                        let start = crate::split_index(first, w);
                         mid.copy_from_slice(&row[start..start + mid.len()]);
                     } else {
                         for (dv, sv) in mid.iter_mut().zip(row[first..].iter().step_by(sx)) {
