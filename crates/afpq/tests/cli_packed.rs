@@ -18,6 +18,23 @@ fn images() -> Vec<String> {
     all.into_iter().step_by(5).collect()
 }
 
+/// `afpq bench --json` for a tenth of a second at batch 1 on one thread.
+fn bench_briefly(afp: &str) -> serde_json::Value {
+    json(&[
+        "bench",
+        afp,
+        "--batch",
+        "1",
+        "--threads",
+        "1",
+        "--seconds",
+        "0.1",
+        "--warmup",
+        "1",
+        "--json",
+    ])
+}
+
 fn quantize(path: &str, extra: &[&str]) {
     let card = card();
     let mut args = vec![
@@ -76,19 +93,7 @@ fn bench_reports_the_packed_engine() {
     let dir = tmp("packed-bench");
     let afp = dir.join("b.afp").display().to_string();
     quantize(&afp, &["--acts", "8", "--int8-kernels"]);
-    let v = json(&[
-        "bench",
-        &afp,
-        "--batch",
-        "1",
-        "--threads",
-        "1",
-        "--seconds",
-        "0.1",
-        "--warmup",
-        "1",
-        "--json",
-    ]);
+    let v = bench_briefly(&afp);
     assert_eq!(v["engine"], "packed");
     let kernels = v["kernels"].as_object().unwrap();
     assert_eq!(
@@ -123,18 +128,6 @@ fn int8_kernel_budget_skips_widths_without_formats() {
         bits.iter().any(|&b| b != 5),
         "a budget, not one width: {bits:?}"
     );
-    let b = json(&[
-        "bench",
-        &afp,
-        "--batch",
-        "1",
-        "--threads",
-        "1",
-        "--seconds",
-        "0.1",
-        "--warmup",
-        "1",
-        "--json",
-    ]);
+    let b = bench_briefly(&afp);
     assert_eq!(b["engine"], "packed");
 }
