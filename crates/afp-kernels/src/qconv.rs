@@ -533,8 +533,10 @@ impl QConv {
         // 1. Encode: [image][group][quad][pixel][4], plus one panel of slack so a direct read
         // of the last partial panel stays inside the buffer.
         let plane = cq * hw * 4;
-        quads.clear();
+        // The encoder writes every element of the planes (the zero code in missing channels),
+        // so only the slack is set.
         quads.resize(n * g * plane + NR * 4, zero);
+        quads[n * g * plane..].fill(zero);
         let enc = self.enc;
         let dst = &mut quads[..n * g * plane];
         let shape = (n, g, cig, cq, hw);
@@ -563,9 +565,12 @@ impl QConv {
         let panel_len = kq * NR * 4;
         let quads: &[T] = quads;
         let elem = std::mem::size_of::<T>();
-        let per_block = (160 * 1024 / (panel_len * elem).max(1)).clamp(1, npanels.max(1));
-        let blocks = npanels.div_ceil(per_block);
         let threads = rayon::current_num_threads();
+        let most_per_block = (160 * 1024 / (panel_len * elem).max(1)).clamp(1, npanels.max(1));
+        let blocks = block_count(npanels, most_per_block, n * g, threads);
+        // Block `b` covers panels `block_start(b)..block_start(b + 1)`: sizes differ by one
+        // at most.
+        let block_start = |b: usize| b * npanels / blocks;
         let row_panels = cog.div_ceil(MR);
         let chunks = (2 * threads).div_ceil(n * g * blocks).clamp(1, row_panels);
         let rows_per = row_panels.div_ceil(chunks) * MR;
@@ -641,14 +646,15 @@ impl QConv {
         tasks.into_par_iter().for_each(|(ig, b, rows)| {
             let gi = ig % g;
             let ep = epilogue(ig);
-            let p0 = b * per_block;
-            let np = per_block.min(npanels - p0);
+            let p0 = block_start(b);
+            let np = block_start(b + 1) - p0;
             let colr = p0 * NR..((p0 + np) * NR).min(ohw);
             // The image's quads, and one panel of slack past them (the buffer has it at its
             // end): a partial last panel copies columns it never stores.
             let src = &quads[ig * plane..(ig * plane + plane + NR * 4).min(quads.len())];
             T::with_block(|buf| {
-                buf.clear();
+                // Every element is written below (a copy or the gather, zeros included), so
+                // the buffer is not cleared first.
                 buf.resize(np * panel_len, zero);
                 if direct {
                     // Quad by quad, so each read of the source is one contiguous run.
@@ -810,6 +816,20 @@ unsafe fn depthwise_channel_avx2(
 
 /// Encodes a layer input into channel quads `[image][group][quad][pixel][4]`; padding
 /// channels keep what `dst` holds (the zero code).
+/// How many blocks of column panels a product over `images` images (and groups) is cut
+/// into: enough that no block holds more than `most` panels, and, when there are few tasks,
+/// a multiple of the threads, so that equal blocks keep every thread busy to the end (13
+/// panels as 4, 4, 4, 1 left one thread idle for a quarter of the layer).
+fn block_count(npanels: usize, most: usize, images: usize, threads: usize) -> usize {
+    let mut b = npanels.div_ceil(most.max(1)).max(1);
+    if images * b < 4 * threads {
+        while !(images * b).is_multiple_of(threads) && b < npanels {
+            b += 1;
+        }
+    }
+    b
+}
+
 fn encode_quads<T: BlockBuf>(
     dst: &mut [T],
     input: &[f32],
@@ -1306,6 +1326,21 @@ mod tests {
         }
     }
 
+    #[test]
+    fn block_counts_balance_the_threads() {
+        // 13 panels of at most 4: four blocks (3, 3, 3, 4), an even count for 2 threads.
+        assert_eq!(block_count(13, 4, 1, 2), 4);
+        // 49 panels of at most 8: 7 blocks would leave one thread a block more.
+        assert_eq!(block_count(49, 8, 1, 2), 8);
+        // Enough tasks already, or too few panels to round up.
+        assert_eq!(block_count(196, 17, 1, 2), 12);
+        assert_eq!(block_count(1, 4, 1, 2), 1);
+        assert_eq!(block_count(3, 1, 1, 2), 3);
+        // Images count as tasks: 3 blocks of one image would be rounded to 4, of two not.
+        assert_eq!(block_count(5, 2, 1, 2), 4);
+        assert_eq!(block_count(5, 2, 2, 2), 3);
+    }
+
     /// Every path (u8 unsigned, u8 with the signed shift, i16, depthwise; AVX2 and portable)
     /// gives exactly the reference on convolutions with strides, pads, dilations and groups,
     /// with and without a fused residual add.
@@ -1331,6 +1366,16 @@ mod tests {
             (false, -8, 5, 4032),
             (true, -5, 5, 126),
         ];
+        // Buffers are not cleared between layers: start them full of junk, so a code the
+        // encoder or the gather fails to write shows in the results.
+        let mut shared = QScratch {
+            quads_u8: vec![0xA5; 1 << 16],
+            quads_i16: vec![0x5A5A; 1 << 16],
+        };
+        rayon::broadcast(|_| {
+            BLOCK_U8.with_borrow_mut(|b| *b = vec![0xA5; 1 << 18]);
+            BLOCK_I16.with_borrow_mut(|b| *b = vec![0x5A5A; 1 << 18]);
+        });
         for force_portable in [false, true] {
             crate::qgemm::FORCE_PORTABLE.store(force_portable, std::sync::atomic::Ordering::SeqCst);
             for (c, n, h, w) in &cases {
@@ -1360,7 +1405,7 @@ mod tests {
                     .unwrap();
                     let (oh, ow) = c.out_hw(*h, *w);
                     let mut got = vec![f32::NAN; n * c.c_out * oh * ow];
-                    q.run(*n, *h, *w, &x, &mut got, &mut QScratch::default());
+                    q.run(*n, *h, *w, &x, &mut got, &mut shared);
                     let want =
                         reference(c, *n, *h, *w, &x, &wt, &enc, &mult, &bias, Activation::Relu);
                     assert_eq!(
