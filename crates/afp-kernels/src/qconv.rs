@@ -566,13 +566,25 @@ impl QConv {
         let quads: &[T] = quads;
         let elem = std::mem::size_of::<T>();
         let threads = rayon::current_num_threads();
-        let most_per_block = (160 * 1024 / (panel_len * elem).max(1)).clamp(1, npanels.max(1));
-        let blocks = block_count(npanels, most_per_block, n * g, threads);
-        // Block `b` covers panels `block_start(b)..block_start(b + 1)`: sizes differ by one
-        // at most.
-        let block_start = |b: usize| b * npanels / blocks;
+        // A narrow last panel costs a fraction of a whole one (see `qgemm::narrow_tail`): it
+        // is a block of its own, after the balanced blocks of whole panels.
+        let narrow = crate::qgemm::narrow_tail(&groups[0], ohw % NR);
+        let whole = if narrow { ohw / NR } else { npanels };
+        let most_per_block = (160 * 1024 / (panel_len * elem).max(1)).clamp(1, whole.max(1));
+        let blocks = match whole {
+            0 => 0,
+            _ => block_count(whole, most_per_block, n * g, threads),
+        };
+        // Block `b < blocks` covers panels `b * whole / blocks..(b + 1) * whole / blocks`
+        // (sizes differ by one at most); block `blocks` is the narrow panel.
+        let block_panels = |b: usize| match b < blocks {
+            true => (b * whole / blocks, (b + 1) * whole / blocks),
+            false => (whole, whole + 1),
+        };
         let row_panels = cog.div_ceil(MR);
-        let chunks = (2 * threads).div_ceil(n * g * blocks).clamp(1, row_panels);
+        let chunks = (2 * threads)
+            .div_ceil(n * g * blocks.max(1))
+            .clamp(1, row_panels);
         let rows_per = row_panels.div_ceil(chunks) * MR;
         let outs: Vec<OutPtr> = out
             .chunks_mut(outl.img)
@@ -643,11 +655,20 @@ impl QConv {
                 }
             }
         }
+        if narrow {
+            // Cheap: rows split over every thread (its packing is one panel).
+            let rows_per = row_panels.div_ceil(threads.min(row_panels)) * MR;
+            for ig in 0..n * g {
+                for r0 in (0..cog).step_by(rows_per) {
+                    tasks.push((ig, blocks, r0..(r0 + rows_per).min(cog)));
+                }
+            }
+        }
         tasks.into_par_iter().for_each(|(ig, b, rows)| {
             let gi = ig % g;
             let ep = epilogue(ig);
-            let p0 = block_start(b);
-            let np = block_start(b + 1) - p0;
+            let (p0, p1) = block_panels(b);
+            let np = p1 - p0;
             let colr = p0 * NR..((p0 + np) * NR).min(ohw);
             // The image's quads, and one panel of slack past them (the buffer has it at its
             // end): a partial last panel copies columns it never stores.
@@ -1358,6 +1379,8 @@ mod tests {
             (conv(8, 12, 1, 1, [2, 2], [1, 1], [0; 4], 1), 2, 9, 12),
             (conv(4, 8, 3, 3, [1, 2], [1, 2], [1, 3, 2, 0], 1), 1, 7, 13),
             (conv(3, 8, 7, 7, [2, 2], [1, 1], [3; 4], 1), 1, 21, 40),
+            // 7x7 outputs: 49 columns, a last panel of one (done column by column).
+            (conv(8, 12, 3, 3, [1, 1], [1, 1], [1; 4], 1), 2, 7, 7),
         ];
         // (signed, unit_exp, man_bits, max): uE1M7, sE1M6, uE3M5 (i16), sE2M5.
         let encs = [

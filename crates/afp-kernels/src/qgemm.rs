@@ -778,6 +778,21 @@ fn prefetch_residual(
     let _ = (ep, out, r0, rows, j0, end);
 }
 
+/// Widest last panel done column by column by the matrix-vector kernel: per column it does
+/// a sixteenth of a tile's multiplies, but with less parallelism and the weights read again.
+/// Measured on ResNet-50: the 1-column tail of 7x7 outputs gains (the 3x3 layer of res5 at
+/// batch 8: -19%), the 4-column tail of 14x14 outputs lost.
+const NARROW_TAIL_COLS: usize = 2;
+
+/// Whether [`compute`] does a last panel of `tail` columns (fewer than [`NR`]) column by
+/// column: cheaper than a tile, which callers balancing work across threads must know.
+pub fn narrow_tail(w: &PackedWeights, tail: usize) -> bool {
+    matches!(
+        w,
+        PackedWeights::U8I8(_, U8I8Kernel::Avx2Pair | U8I8Kernel::Avx2Quad)
+    ) && (1..=NARROW_TAIL_COLS).contains(&tail)
+}
+
 /// Computes rows `rows` and columns `cols` of `w` times the activation panels and stores them
 /// through `ep`. `panel_off(j0)` is the offset in `b` of the panel of columns `j0..j0+NR`.
 ///
@@ -794,6 +809,32 @@ pub unsafe fn compute(
 ) {
     let m = w.rows();
     debug_assert!(rows.start.is_multiple_of(MR) && cols.start.is_multiple_of(NR));
+    // A narrow last panel (7x7 outputs leave 1 column of 16) goes column by column through
+    // the matrix-vector kernel, which multiplies only that column, where a tile would
+    // multiply 16; its columns are expanded once for every row.
+    let whole_end = cols.start + (cols.end - cols.start) / NR * NR;
+    let narrow: Option<Vec<Vec<u8>>> = match b {
+        ActPanels::U8(bp) if narrow_tail(w, cols.end - whole_end) => {
+            let (off, kq) = (panel_off(whole_end), w.quads());
+            assert!(bp.check(off, kq), "qgemm: activation panel out of bounds");
+            let expand = |c: usize| {
+                let quad = |q: usize| -> [u8; 4] {
+                    let i = off + q * bp.quad_stride + c * 4;
+                    [bp.data[i], bp.data[i + 1], bp.data[i + 2], bp.data[i + 3]]
+                };
+                let mut xe = Vec::new();
+                expand_column((0..kq).map(quad), kq, &mut xe);
+                xe
+            };
+            Some((0..cols.end - whole_end).map(expand).collect())
+        }
+        _ => None,
+    };
+    let tiles_end = if narrow.is_some() {
+        whole_end
+    } else {
+        cols.end
+    };
     for p in (rows.start / MR)..rows.end.div_ceil(MR) {
         let r0 = p * MR;
         let nrows = (rows.end.min(m) - r0).min(MR);
@@ -801,7 +842,7 @@ pub unsafe fn compute(
         for d in 0..RESIDUAL_PREFETCH_TILES {
             prefetch_residual(ep, out, r0, nrows, j0 + d * NR, cols.end);
         }
-        while j0 < cols.end {
+        while j0 < tiles_end {
             prefetch_residual(
                 ep,
                 out,
@@ -820,6 +861,10 @@ pub unsafe fn compute(
             // SAFETY: forwarded contract.
             unsafe { store_tile(&t, r0, nrows, j0, (cols.end - j0).min(NR), ep, out) };
             j0 += NR;
+        }
+        for (c, xe) in narrow.iter().flatten().enumerate() {
+            // SAFETY: forwarded contract (these are this call's rows and columns).
+            unsafe { gemv(w, xe, r0..r0 + nrows, whole_end + c, ep, out) };
         }
     }
 }
