@@ -12,10 +12,16 @@ pub struct WidthArgs {
     /// Bits per weight for every layer (2..8).
     #[arg(long, default_value_t = 8)]
     pub bits: u32,
-    /// Model-wide average weight bits (by parameter count); per-layer widths from 3 to 8 are
-    /// chosen by --allocate.
+    /// Model-wide average weight bits (by parameter count); per-layer widths from --min-bits
+    /// to --max-bits are chosen by --allocate.
     #[arg(long)]
     pub avg_bits: Option<f64>,
+    /// Narrowest width a budget (--avg-bits, --acts auto) may give a layer.
+    #[arg(long, default_value_t = 3)]
+    pub min_bits: u32,
+    /// Widest width a budget (--avg-bits, --acts auto) may give a layer.
+    #[arg(long, default_value_t = 8)]
+    pub max_bits: u32,
     /// Format family: afp, int, fp8-e4m3, fp8-e5m2, fp6-e3m2, fp6-e2m3, fp4-e2m1.
     #[arg(long, default_value = "afp")]
     pub format: String,
@@ -160,9 +166,32 @@ impl QuantArgs {
                 _ => bail!("--acts is none, auto or a bit-width 2..8"),
             },
         };
+        if !(2 <= w.min_bits && w.min_bits <= w.max_bits && w.max_bits <= 8) {
+            bail!(
+                "--min-bits {} and --max-bits {} must satisfy 2 <= min <= max <= 8",
+                w.min_bits,
+                w.max_bits
+            );
+        }
+        let widths = w.min_bits as f64..=w.max_bits as f64;
         if let Some(a) = w.avg_bits {
-            if !(3.0..=8.0).contains(&a) {
-                bail!("--avg-bits must be between 3 and 8");
+            if !widths.contains(&a) {
+                bail!(
+                    "--avg-bits {a} is outside the widths a layer may have, {} to {} \
+                     (--min-bits, --max-bits)",
+                    w.min_bits,
+                    w.max_bits
+                );
+            }
+        }
+        if let (ActMode::Auto, Some(a)) = (acts, self.avg_act_bits) {
+            if !widths.contains(&a) {
+                bail!(
+                    "--avg-act-bits {a} is outside the widths a layer may have, {} to {} \
+                     (--min-bits, --max-bits)",
+                    w.min_bits,
+                    w.max_bits
+                );
             }
         }
         Ok(QuantizeOptions {
@@ -189,8 +218,8 @@ impl QuantArgs {
             avg_act_bits: self.avg_act_bits,
             keep_first_last: self.keep_first_last,
             bias_correct: self.bias_correct,
-            min_bits: 3,
-            max_bits: 8,
+            min_bits: w.min_bits,
+            max_bits: w.max_bits,
             gptq: match self.rounding.as_str() {
                 "nearest" => None,
                 "gptq" => {
@@ -217,8 +246,10 @@ impl QuantArgs {
     }
 
     pub fn describe(&self, w: &WidthArgs) -> serde_json::Value {
+        let budget = w.avg_bits.is_some() || self.acts == "auto";
         json!({
-            "bits": w.bits, "avg_bits": w.avg_bits, "format": w.format, "acts": self.acts, "avg_act_bits": self.avg_act_bits,
+            "bits": w.bits, "avg_bits": w.avg_bits,
+            "min_bits": budget.then_some(w.min_bits), "max_bits": budget.then_some(w.max_bits), "format": w.format, "acts": self.acts, "avg_act_bits": self.avg_act_bits,
             "granularity": self.granularity, "objective": self.objective, "penalty": self.penalty,
             "offset": self.offset, "act_format": self.act_format, "zero_mode": self.zero_mode, "int8_kernels": self.int8_kernels,
             "keep_first_last": self.keep_first_last, "bias_correct": self.bias_correct, "calib": self.calib,

@@ -122,6 +122,8 @@ pub fn sweep(s: &Sweep, bits: &[u32], formats: &[String]) -> Result<Vec<serde_js
             let w = WidthArgs {
                 bits: if fixed { 8 } else { b },
                 avg_bits: None,
+                min_bits: 3,
+                max_bits: 8,
                 format: fam.clone(),
             };
             let (q, _) = make_plan(s.model, s.path, s.data, &w, s.q, s.threads, s.quiet)?;
@@ -179,7 +181,7 @@ pub fn write_files(
             r["weight_bytes"]
         );
     }
-    let out = json!({"model": model.display().to_string(), "images": images, "options": q.describe(&WidthArgs { bits: 0, avg_bits: None, format: formats.join(",") }), "rows": rows});
+    let out = json!({"model": model.display().to_string(), "images": images, "options": q.describe(&WidthArgs { bits: 0, avg_bits: None, min_bits: 3, max_bits: 8, format: formats.join(",") }), "rows": rows});
     write_atomic(&dir.join("sweep.csv"), &csv)?;
     write_atomic(
         &dir.join("sweep.json"),

@@ -115,28 +115,48 @@ fn budget_bits(out: &std::process::Output) -> (f64, f64) {
     )
 }
 
+/// Bits of an AFP format name: `E2M5` (signed) or `uE3M5` (unsigned).
+fn afp_bits(name: &str) -> u64 {
+    let (signed, em) = match name.strip_prefix('u') {
+        Some(rest) => (false, rest),
+        None => (true, name),
+    };
+    let (e, m) = em
+        .strip_prefix('E')
+        .and_then(|x| x.split_once('M'))
+        .unwrap_or_else(|| panic!("not an AFP format: {name}"));
+    e.parse::<u64>().unwrap() + m.parse::<u64>().unwrap() + signed as u64
+}
+
 #[test]
 fn budgets_are_met() {
     let dir = tmp("budget");
     let plan = dir.join("m.afp");
-    let out = afpq(&[
-        "quantize",
-        "--card",
-        &card(),
-        "-o",
-        &plan.display().to_string(),
-        "--avg-bits",
-        "4.5",
-        "--acts",
-        "auto",
-        "--avg-act-bits",
-        "6",
-        "--quiet",
-        "--json",
-    ]);
-    let (w, a) = budget_bits(&out);
+    let card = card();
+    let quantize = |budget: &[&str]| {
+        let p = plan.display().to_string();
+        let mut args = vec!["quantize", "--card", &card, "-o", &p, "--quiet", "--json"];
+        args.extend_from_slice(budget);
+        budget_bits(&afpq(&args))
+    };
+    let (w, a) = quantize(&["--avg-bits", "4.5", "--acts", "auto", "--avg-act-bits", "6"]);
     assert!(w <= 4.5 + 1e-9 && w > 4.0, "weights {w}");
     assert!(a <= 6.0 + 1e-9 && a > 5.0, "activations {a}");
+    // Bounded widths: every layer's weights and inputs at 4 or 5 bits.
+    let bounds = ["--min-bits", "4", "--max-bits", "5"];
+    let budget = ["--avg-bits", "4.5", "--acts", "auto", "--avg-act-bits", "5"];
+    let (w, a) = quantize(&[&budget[..], &bounds[..]].concat());
+    assert!((4.0..=4.5 + 1e-9).contains(&w), "weights {w}");
+    assert!((4.0..=5.0 + 1e-9).contains(&a), "activations {a}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("m.report.json")).unwrap()).unwrap();
+    let layers = report["layers"].as_array().unwrap();
+    assert!(!layers.is_empty());
+    for l in layers {
+        let wb = l["bits"].as_u64().unwrap();
+        let ab = afp_bits(l["act_format"].as_str().unwrap_or_else(|| panic!("{l}")));
+        assert!((4..=5).contains(&wb) && (4..=5).contains(&ab), "{l}");
+    }
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -243,6 +263,23 @@ fn bad_input_gives_a_clear_error_and_writes_nothing() {
             dir.display()
         );
     };
+    // A budget the width bounds cannot meet.
+    let budget = |bounds: &[&str], needle: &str| {
+        let args = [
+            &["quantize", &model, "-o", &o, "--avg-bits", "4.5"][..],
+            bounds,
+        ]
+        .concat();
+        check(&args, needle)
+    };
+    budget(
+        &["--min-bits", "5"],
+        "--avg-bits 4.5 is outside the widths a layer may have, 5 to 8",
+    );
+    budget(
+        &["--min-bits", "6", "--max-bits", "4"],
+        "must satisfy 2 <= min <= max <= 8",
+    );
     // No images.
     let empty = tmp("empty");
     check(
