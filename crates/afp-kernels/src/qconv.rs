@@ -9,8 +9,8 @@ use std::cell::RefCell;
 
 use crate::conv::{valid_range, Conv2d};
 use crate::qgemm::{
-    compute, ActInt, Epilogue, Int, OutPtr, PackedA, PackedWeights, Panels, U8I8Bounds, U8I8Kernel,
-    MR, NR,
+    compute, ActInt, Epilogue, I16Kernel, Int, OutPtr, PackedA, PackedWeights, Panels, U8I8Bounds,
+    U8I8Kernel, MR, NR,
 };
 use crate::Activation;
 
@@ -328,7 +328,8 @@ impl QConv {
                         }
                         None => {
                             let w16: Vec<i16> = wg.iter().map(|&v| v as i16).collect();
-                            PackedWeights::I16(PackedA::new(cog, kq, &w16))
+                            let kern = I16Kernel::choose(enc.max as u32, w_max);
+                            PackedWeights::I16(PackedA::new(cog, kq, &w16), kern)
                         }
                     }
                 })

@@ -158,38 +158,69 @@ impl U8I8Kernel {
     }
 }
 
+/// Which kernel an `i16 x i16` product runs, chosen once per layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum I16Kernel {
+    /// Scalar, i64 sums.
+    Portable,
+    /// `vpmaddwd` with i32 sums over runs of at most `chunk_quads` quads, each run's sums
+    /// then added in i64: exact for any depth.
+    Avx2 { chunk_quads: usize },
+}
+
+impl I16Kernel {
+    /// The fastest exact kernel on this CPU for activation and weight integers up to
+    /// `act_max` and `weight_max` (both at most `i16::MAX`).
+    pub fn choose(act_max: u32, weight_max: u32) -> I16Kernel {
+        if !avx2_available() {
+            return I16Kernel::Portable;
+        }
+        // An i32 lane sums 2 products per quad: 2 * quads * act_max * weight_max <= i32::MAX.
+        let per_quad = 2 * act_max.max(1) as u64 * weight_max.max(1) as u64;
+        I16Kernel::Avx2 {
+            chunk_quads: (i32::MAX as u64 / per_quad).max(1) as usize,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            I16Kernel::Portable => "i16-portable",
+            I16Kernel::Avx2 { .. } => "i16-avx2",
+        }
+    }
+}
+
 /// Weights of one product, in one of the two element paths.
 #[derive(Debug, Clone)]
 pub enum PackedWeights {
     /// i8 weights against u8 activations, with the kernel chosen for their bounds.
     U8I8(PackedA<i8>, U8I8Kernel),
-    /// i16 weights against i16 activations (portable, i64 sums).
-    I16(PackedA<i16>),
+    /// i16 weights against i16 activations (i64 sums), with the kernel chosen for their bounds.
+    I16(PackedA<i16>, I16Kernel),
 }
 
 impl PackedWeights {
     pub fn rows(&self) -> usize {
         match self {
             PackedWeights::U8I8(a, _) => a.m,
-            PackedWeights::I16(a) => a.m,
+            PackedWeights::I16(a, _) => a.m,
         }
     }
     pub fn quads(&self) -> usize {
         match self {
             PackedWeights::U8I8(a, _) => a.kq,
-            PackedWeights::I16(a) => a.kq,
+            PackedWeights::I16(a, _) => a.kq,
         }
     }
     pub fn bytes(&self) -> usize {
         match self {
             PackedWeights::U8I8(a, _) => a.bytes(),
-            PackedWeights::I16(a) => a.bytes(),
+            PackedWeights::I16(a, _) => a.bytes(),
         }
     }
     pub fn kernel_name(&self) -> &'static str {
         match self {
             PackedWeights::U8I8(_, k) => k.name(),
-            PackedWeights::I16(_) => "i16-portable",
+            PackedWeights::I16(_, k) => k.name(),
         }
     }
 }
@@ -365,6 +396,63 @@ unsafe fn acc_u8i8_avx2<const QUAD: bool>(
     acc
 }
 
+/// `i16 x i16` tile with AVX2: `vpmaddwd` against each row's quad of weights broadcast,
+/// eight columns at a time (16 accumulators would not fit the registers). Each i32 lane holds
+/// the sum of 2 products per quad over at most `chunk` quads (the caller's bound keeps it
+/// exact); the two lanes of a column are then added into the i64 sums.
+///
+/// # Safety
+/// The CPU must have AVX2, `a` must hold `kq * MR * 4` values and `b.check(off, kq)` must
+/// hold (both asserted by the caller, [`tile`]); `chunk >= 1`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn tile_i16_avx2(
+    a: &[i16],
+    b: Panels<'_, i16>,
+    off: usize,
+    kq: usize,
+    chunk: usize,
+) -> [[i64; NR]; MR] {
+    use std::arch::x86_64::*;
+    let ap = a.as_ptr();
+    let bp = b.data.as_ptr().add(off);
+    let st = b.quad_stride;
+    let mut out = [[0i64; NR]; MR];
+    let mut q0 = 0;
+    while q0 < kq {
+        let q1 = (q0 + chunk.max(1)).min(kq);
+        for half in 0..2 {
+            let mut acc = [[_mm256_setzero_si256(); 2]; MR];
+            for q in q0..q1 {
+                // SAFETY: columns 8*half .. 8*half + 8 of quad q, 4 values each: 16 values at
+                // q*st + 32*half and 16 after them, inside the checked panel extent; row r's
+                // quad of weights is 4 values at q*MR*4 + r*4 < kq*MR*4.
+                let b0 = _mm256_loadu_si256(bp.add(q * st + half * 32) as *const __m256i);
+                let b1 = _mm256_loadu_si256(bp.add(q * st + half * 32 + 16) as *const __m256i);
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    let w = _mm256_set1_epi64x(
+                        (ap.add(q * MR * 4 + r * 4) as *const i64).read_unaligned(),
+                    );
+                    acc_r[0] = _mm256_add_epi32(acc_r[0], _mm256_madd_epi16(b0, w));
+                    acc_r[1] = _mm256_add_epi32(acc_r[1], _mm256_madd_epi16(b1, w));
+                }
+            }
+            for (o, acc_r) in out.iter_mut().zip(&acc) {
+                for (h, &v) in acc_r.iter().enumerate() {
+                    let mut lanes = [0i32; 8];
+                    // SAFETY: 8 i32 into an 8-element array.
+                    _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, v);
+                    for j in 0..4 {
+                        o[half * 8 + h * 4 + j] += lanes[2 * j] as i64 + lanes[2 * j + 1] as i64;
+                    }
+                }
+            }
+        }
+        q0 = q1;
+    }
+    out
+}
+
 /// A whole `u8 x i8` tile (`MR` rows from `r0`, `NR` columns from `j0`, unit column stride)
 /// computed and stored through the epilogue in registers: `(sum - corr) * mult + bias`, the
 /// affine step, the residual, then the clamp `(lo, hi)` of the epilogue's activation
@@ -503,9 +591,17 @@ fn tile(w: &PackedWeights, p: usize, b: ActPanels<'_>, off: usize) -> Tile {
                 _ => tile_portable(a, b, off, kq),
             }
         }
-        (PackedWeights::I16(a), ActPanels::I16(b)) => {
+        (PackedWeights::I16(a, kern), ActPanels::I16(b)) => {
             assert!(b.check(off, kq), "qgemm: activation panel out of bounds");
-            tile_portable(a.panel(p), b, off, kq)
+            match *kern {
+                #[cfg(target_arch = "x86_64")]
+                I16Kernel::Avx2 { chunk_quads } => {
+                    // SAFETY: chosen only with AVX2 present; panel bounds asserted above, and
+                    // `a.panel` holds kq * MR * 4 values.
+                    Tile::I64(unsafe { tile_i16_avx2(a.panel(p), b, off, kq, chunk_quads) })
+                }
+                _ => tile_portable(a.panel(p), b, off, kq),
+            }
         }
         _ => panic!("qgemm: activation panels are not in the weights' element type"),
     }
@@ -996,7 +1092,9 @@ mod tests {
     /// The i16 path is exact where i32 would overflow.
     #[test]
     fn i16_path_sums_in_i64() {
-        let (m, kq, n) = (6, 1152, 5);
+        // Deep enough that even one i32 lane of the AVX2 kernel (half a column's products)
+        // would overflow without its chunked sums.
+        let (m, kq, n) = (6, 2304, 5);
         let k = 4 * kq;
         let w: Vec<i16> = (0..m * k)
             .map(|i| if i % 2 == 0 { 448 } else { -3 })
@@ -1014,7 +1112,7 @@ mod tests {
         };
         let mut got = vec![f32::NAN; m * n];
         let out = OutPtr::new(&mut got, n, 1);
-        let pw = PackedWeights::I16(PackedA::new(m, kq, &w));
+        let pw = PackedWeights::I16(PackedA::new(m, kq, &w), I16Kernel::choose(4032, 448));
         let b = ActPanels::I16(Panels {
             data: &b,
             quad_stride: stride,
@@ -1022,7 +1120,7 @@ mod tests {
         // SAFETY: one thread writes the whole output.
         unsafe { compute(&pw, b, |j0| j0 * 4, 0..m, 0..n, &ep, out) };
         let sum = (k as i64 / 2) * 4032 * (448 - 3);
-        assert!(sum > i32::MAX as i64);
+        assert!(sum / 2 > i32::MAX as i64);
         assert!(got.iter().all(|&g| g == sum as f32));
     }
 
