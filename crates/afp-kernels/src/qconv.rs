@@ -715,43 +715,50 @@ impl QConv {
         let (ohw, hw, kk) = (oh * ow, h * w, c.kh * c.kw);
         let per_in = c.c_out / c.c_in;
         let avx2 = crate::qgemm::avx2_available();
-        out.par_chunks_mut(ohw).enumerate().for_each(|(idx, dst)| {
-            let (img, co) = (idx / c.c_out, idx % c.c_out);
-            let ci = co / per_in;
-            let x = &input[(img * c.c_in + ci) * hw..(img * c.c_in + ci + 1) * hw];
-            let wk = &wts[co * kk..(co + 1) * kk];
-            PLANE.with(|p| {
-                let mut p = p.borrow_mut();
-                p.clear();
-                p.resize(hw + ohw, 0);
-                let (plane, acc) = p.split_at_mut(hw);
-                let ch = DwChannel {
-                    conv: c,
-                    enc: &self.enc,
-                    hw: (h, w, oh, ow),
-                };
-                if avx2 {
-                    // SAFETY: AVX2 is present (checked at run time above).
-                    #[cfg(target_arch = "x86_64")]
-                    unsafe {
-                        depthwise_channel_avx2(&ch, x, wk, plane, acc)
+        // Small planes (7x7 outputs) do a few hundred products per channel: several channels
+        // per task, or scheduling costs more than the work.
+        let per_task = (4096 / (ohw * kk).max(1)).max(1);
+        out.par_chunks_mut(ohw)
+            .enumerate()
+            .with_min_len(per_task)
+            .for_each(|(idx, dst)| {
+                let (img, co) = (idx / c.c_out, idx % c.c_out);
+                let ci = co / per_in;
+                let x = &input[(img * c.c_in + ci) * hw..(img * c.c_in + ci + 1) * hw];
+                let wk = &wts[co * kk..(co + 1) * kk];
+                PLANE.with(|p| {
+                    let mut p = p.borrow_mut();
+                    p.clear();
+                    p.resize(hw + ohw + w, 0);
+                    let (plane, rest) = p.split_at_mut(hw);
+                    let (acc, row_tmp) = rest.split_at_mut(ohw);
+                    let ch = DwChannel {
+                        conv: c,
+                        enc: &self.enc,
+                        hw: (h, w, oh, ow),
                     };
-                    #[cfg(not(target_arch = "x86_64"))]
-                    depthwise_channel(&ch, x, wk, plane, acc);
-                } else {
-                    depthwise_channel(&ch, x, wk, plane, acc);
-                }
-                let (m, b) = (self.mult[co], self.bias.as_ref().map_or(0.0, |b| b[co]));
-                for (d, &a) in dst.iter_mut().zip(acc.iter()) {
-                    *d = a as f32 * m + b;
-                }
-                if let Some((sc, sh)) = &self.affine {
-                    let (sc, sh) = (sc[co], sh[co]);
-                    dst.iter_mut().for_each(|x| *x = *x * sc + sh);
-                }
-                self.act.apply_slice(dst);
+                    if avx2 {
+                        // SAFETY: AVX2 is present (checked at run time above).
+                        #[cfg(target_arch = "x86_64")]
+                        unsafe {
+                            depthwise_channel_avx2(&ch, x, wk, plane, row_tmp, acc)
+                        };
+                        #[cfg(not(target_arch = "x86_64"))]
+                        depthwise_channel(&ch, x, wk, plane, row_tmp, acc);
+                    } else {
+                        depthwise_channel(&ch, x, wk, plane, row_tmp, acc);
+                    }
+                    let (m, b) = (self.mult[co], self.bias.as_ref().map_or(0.0, |b| b[co]));
+                    for (d, &a) in dst.iter_mut().zip(acc.iter()) {
+                        *d = a as f32 * m + b;
+                    }
+                    if let Some((sc, sh)) = &self.affine {
+                        let (sc, sh) = (sc[co], sh[co]);
+                        dst.iter_mut().for_each(|x| *x = *x * sc + sh);
+                    }
+                    self.act.apply_slice(dst);
+                });
             });
-        });
     }
 }
 
@@ -764,14 +771,17 @@ struct DwChannel<'a> {
 }
 
 /// Encodes one input channel `x` into `plane` and sums its integer window products into
-/// `acc` (one i32 per output pixel). Rows of a stride-1 window are contiguous slices, which
-/// vectorize.
+/// `acc` (one i32 per output pixel). Each tap adds one contiguous slice of a row to one of the
+/// output row, which vectorizes: with stride 2 in x the encoded rows are first split into
+/// their even then odd columns (through `row_tmp`, `w` long), since the columns one tap reads
+/// share a parity.
 #[inline(always)]
 fn depthwise_channel(
     ch: &DwChannel<'_>,
     x: &[f32],
     wk: &[i32],
     plane: &mut [i32],
+    row_tmp: &mut [i32],
     acc: &mut [i32],
 ) {
     let c = ch.conv;
@@ -785,8 +795,15 @@ fn depthwise_channel(
             *d = ch.enc.encode(v);
         }
     }
-    acc.fill(0);
     let s = c.stride[1];
+    let phased = s == 2 && w > 1;
+    if phased {
+        for row in plane.chunks_exact_mut(w) {
+            row_tmp[..w].copy_from_slice(row);
+            crate::split_even_odd(&row_tmp[..w], row);
+        }
+    }
+    acc.fill(0);
     for ky in 0..c.kh {
         for kx in 0..c.kw {
             let wv = wk[ky * c.kw + kx];
@@ -804,13 +821,20 @@ fn depthwise_channel(
                 if iy < 0 || iy >= h as isize {
                     continue;
                 }
-                let row = &plane[iy as usize * w + ix0 as usize..(iy as usize + 1) * w];
                 let arow = &mut acc[oy * ow + ox0..oy * ow + ox1];
-                if s == 1 {
-                    for (a, &v) in arow.iter_mut().zip(row) {
+                let line = &plane[iy as usize * w..(iy as usize + 1) * w];
+                if s == 1 || phased {
+                    // Columns ix0, ix0 + s, ...: contiguous (in the split row when s == 2).
+                    let start = match phased {
+                        true => crate::split_index(ix0 as usize, w),
+                        false => ix0 as usize,
+                    };
+                    let n = arow.len();
+                    for (a, &v) in arow.iter_mut().zip(&line[start..start + n]) {
                         *a += wv * v;
                     }
                 } else {
+                    let row = &line[ix0 as usize..];
                     for (a, &v) in arow.iter_mut().zip(row.iter().step_by(s)) {
                         *a += wv * v;
                     }
@@ -831,13 +855,12 @@ unsafe fn depthwise_channel_avx2(
     x: &[f32],
     wk: &[i32],
     plane: &mut [i32],
+    row_tmp: &mut [i32],
     acc: &mut [i32],
 ) {
-    depthwise_channel(ch, x, wk, plane, acc)
+    depthwise_channel(ch, x, wk, plane, row_tmp, acc)
 }
 
-/// Encodes a layer input into channel quads `[image][group][quad][pixel][4]`; padding
-/// channels keep what `dst` holds (the zero code).
 /// How many blocks of column panels a product over `images` images (and groups) is cut
 /// into: enough that no block holds more than `most` panels, and, when there are few tasks,
 /// a multiple of the threads, so that equal blocks keep every thread busy to the end (13
@@ -852,6 +875,8 @@ fn block_count(npanels: usize, most: usize, images: usize, threads: usize) -> us
     b
 }
 
+/// Encodes a layer input into channel quads `[image][group][quad][pixel][4]`, every element
+/// written (the zero code in padding channels).
 fn encode_quads<T: BlockBuf>(
     dst: &mut [T],
     input: &[f32],
@@ -1382,6 +1407,9 @@ mod tests {
             (conv(3, 8, 7, 7, [2, 2], [1, 1], [3; 4], 1), 1, 21, 40),
             // 7x7 outputs: 49 columns, a last panel of one (done column by column).
             (conv(8, 12, 3, 3, [1, 1], [1, 1], [1; 4], 1), 2, 7, 7),
+            // Depthwise with stride 2 (split rows): 3x3 and 5x5, odd and even widths.
+            (conv(6, 6, 3, 3, [2, 2], [1, 1], [1; 4], 6), 2, 9, 11),
+            (conv(4, 4, 5, 5, [2, 2], [1, 1], [2, 1, 2, 2], 4), 1, 12, 14),
         ];
         // (signed, unit_exp, man_bits, max): uE1M7, sE1M6, uE3M5 (i16), sE2M5.
         let encs = [
