@@ -250,7 +250,7 @@ thread_local! {
 
 /// The AVX2 path covers square 3x3 / 5x5 kernels, stride 1 or 2, no
 /// dilation, and activations that are a clamp.
-fn fast_ok(c: &Conv2d, act: Activation) -> bool {
+pub(crate) fn fast_ok(c: &Conv2d, act: Activation) -> bool {
     c.kh == c.kw
         && (c.kh == 3 || c.kh == 5)
         && c.stride[0] == c.stride[1]
@@ -265,7 +265,7 @@ fn fast_ok(c: &Conv2d, act: Activation) -> bool {
 /// output vector stays inside), then each output row is 8 columns at a time
 /// `bias + sum_taps w * padded[oy*s + ki][ox*s + kj]`, clamped.
 #[allow(clippy::too_many_arguments)]
-fn fast_plane(
+pub(crate) fn fast_plane(
     c: &Conv2d,
     h: usize,
     w: usize,

@@ -131,8 +131,9 @@ enum QWeights {
         /// `zero * sum_k w[r][k]` per output row: the shift of signed activations stored as u8.
         zero_corr: Option<Vec<i64>>,
     },
-    /// Depthwise: `[c_out, kh * kw]`.
-    Depthwise(Vec<i32>),
+    /// Depthwise: `[c_out, kh * kw]`; the same integers as f32 when every window sum stays
+    /// below 2^24, where f32 sums of integer products are exact (see `run_depthwise`).
+    Depthwise(Vec<i32>, Option<Vec<f32>>),
 }
 
 /// A convolution on AFP integers.
@@ -185,7 +186,11 @@ pub struct QScratch {
     quads_i16: Vec<i16>,
 }
 
+type DwBuffers = (Vec<f32>, Vec<f32>);
+
 thread_local! {
+    /// The f32 depthwise path's encoded plane and padded copy.
+    static DW_F32: RefCell<DwBuffers> = const { RefCell::new((Vec::new(), Vec::new())) };
     static PLANE: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };
     static BLOCK_U8: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     static BLOCK_I16: RefCell<Vec<i16>> = const { RefCell::new(Vec::new()) };
@@ -300,7 +305,13 @@ impl QConv {
             return Err(format!("a weight integer exceeds the bound {w_max}"));
         }
         let weights = if conv.is_depthwise() {
-            QWeights::Depthwise(w.to_vec())
+            // |window sum| <= taps * max|n_a| * max|n_w|: exact in f32 below 2^24.
+            let bound = khw as u64 * enc.max.unsigned_abs() as u64 * w_max as u64;
+            let exact_f32 = bound < 1 << 24;
+            QWeights::Depthwise(
+                w.to_vec(),
+                exact_f32.then(|| w.iter().map(|&v| v as f32).collect()),
+            )
         } else {
             let cog = conv.c_out / g;
             let cq = quads_per_pos(cig);
@@ -384,7 +395,7 @@ impl QConv {
     pub fn weight_bytes(&self) -> usize {
         let w = match &self.weights {
             QWeights::Gemm { groups, .. } => groups.iter().map(|p| p.bytes()).sum(),
-            QWeights::Depthwise(w) => w.len() * 4,
+            QWeights::Depthwise(w, _) => w.len() * 4,
         };
         w + 4 * self.mult.len() + 4 * self.bias.as_ref().map_or(0, |b| b.len())
     }
@@ -393,7 +404,12 @@ impl QConv {
     pub fn kernel_name(&self) -> &'static str {
         match &self.weights {
             QWeights::Gemm { groups, .. } => groups[0].kernel_name(),
-            QWeights::Depthwise(_) => "depthwise-i32",
+            QWeights::Depthwise(_, Some(_))
+                if crate::depthwise::fast_ok(&self.conv, Activation::None) =>
+            {
+                "depthwise-exact-f32"
+            }
+            QWeights::Depthwise(..) => "depthwise-i32",
         }
     }
 
@@ -445,8 +461,8 @@ impl QConv {
         if out.is_empty() {
             return;
         }
-        if let QWeights::Depthwise(wts) = &self.weights {
-            self.run_depthwise(wts, h, w, input, out);
+        if let QWeights::Depthwise(wts, wts_f32) = &self.weights {
+            self.run_depthwise(wts, wts_f32.as_deref(), h, w, input, out);
             if let Some(res) = residual {
                 // The depthwise kernel has no residual epilogue: one pass after it.
                 for (o, &r) in out.iter_mut().zip(res) {
@@ -709,12 +725,49 @@ impl QConv {
         });
     }
 
-    fn run_depthwise(&self, wts: &[i32], h: usize, w: usize, input: &[f32], out: &mut [f32]) {
+    /// Depthwise layers sum each window's integer products. When the sums stay below 2^24
+    /// (`wts_f32`), they are computed in f32 lanes by the FP32 depthwise kernel's FMA rows:
+    /// products and partial sums of such integers are exact in f32, so the result is the
+    /// integer sum, bit for bit. Otherwise, or for shapes that kernel lacks, in i32.
+    fn run_depthwise(
+        &self,
+        wts: &[i32],
+        wts_f32: Option<&[f32]>,
+        h: usize,
+        w: usize,
+        input: &[f32],
+        out: &mut [f32],
+    ) {
         let c = &self.conv;
         let (oh, ow) = c.out_hw(h, w);
         let (ohw, hw, kk) = (oh * ow, h * w, c.kh * c.kw);
         let per_in = c.c_out / c.c_in;
         let avx2 = crate::qgemm::avx2_available();
+        if let Some(wf) = wts_f32.filter(|_| crate::depthwise::fast_ok(c, Activation::None)) {
+            let per_task = (32768 / (ohw * kk).max(1)).max(1);
+            out.par_chunks_mut(ohw)
+                .enumerate()
+                .with_min_len(per_task)
+                .for_each(|(idx, dst)| {
+                    let (img, co) = (idx / c.c_out, idx % c.c_out);
+                    let ci = co / per_in;
+                    let x = &input[(img * c.c_in + ci) * hw..(img * c.c_in + ci + 1) * hw];
+                    DW_F32.with_borrow_mut(|(plane, pad)| {
+                        plane.clear();
+                        if self.enc.is_uniform() {
+                            plane.extend(x.iter().map(|&v| self.enc.encode_uniform(v) as f32));
+                        } else {
+                            plane.extend(x.iter().map(|&v| self.enc.encode(v) as f32));
+                        }
+                        let wk = &wf[co * kk..(co + 1) * kk];
+                        // The sums into `dst`, then the epilogue in place.
+                        let none = Activation::None;
+                        crate::depthwise::fast_plane(c, h, w, plane, wk, 0.0, none, dst, pad);
+                    });
+                    self.epilogue_plane(co, dst);
+                });
+            return;
+        }
         // Small planes (7x7 outputs) do a few hundred products per channel: several channels
         // per task, or scheduling costs more than the work.
         let per_task = (4096 / (ohw * kk).max(1)).max(1);
@@ -748,17 +801,26 @@ impl QConv {
                     } else {
                         depthwise_channel(&ch, x, wk, plane, row_tmp, acc);
                     }
-                    let (m, b) = (self.mult[co], self.bias.as_ref().map_or(0.0, |b| b[co]));
                     for (d, &a) in dst.iter_mut().zip(acc.iter()) {
-                        *d = a as f32 * m + b;
+                        *d = a as f32;
                     }
-                    if let Some((sc, sh)) = &self.affine {
-                        let (sc, sh) = (sc[co], sh[co]);
-                        dst.iter_mut().for_each(|x| *x = *x * sc + sh);
-                    }
-                    self.act.apply_slice(dst);
+                    self.epilogue_plane(co, dst);
                 });
             });
+    }
+
+    /// A depthwise output plane of channel `co` from its integer sums (held exactly in f32):
+    /// `act((sum * mult + bias) * scale + shift)`.
+    fn epilogue_plane(&self, co: usize, dst: &mut [f32]) {
+        let (m, b) = (self.mult[co], self.bias.as_ref().map_or(0.0, |b| b[co]));
+        for d in dst.iter_mut() {
+            *d = *d * m + b;
+        }
+        if let Some((sc, sh)) = &self.affine {
+            let (sc, sh) = (sc[co], sh[co]);
+            dst.iter_mut().for_each(|x| *x = *x * sc + sh);
+        }
+        self.act.apply_slice(dst);
     }
 }
 
@@ -1430,6 +1492,8 @@ mod tests {
         });
         for force_portable in [false, true] {
             crate::qgemm::FORCE_PORTABLE.store(force_portable, std::sync::atomic::Ordering::SeqCst);
+            // The f32 depthwise path runs on the FP32 kernel's AVX2 rows.
+            crate::sgemm::FORCE_PORTABLE.store(force_portable, std::sync::atomic::Ordering::SeqCst);
             for (c, n, h, w) in &cases {
                 for &(signed, ue, mb, max) in &encs {
                     let enc = ActEncoder::new(ue, mb, max, signed).unwrap();
@@ -1497,6 +1561,7 @@ mod tests {
             }
         }
         crate::qgemm::FORCE_PORTABLE.store(false, std::sync::atomic::Ordering::SeqCst);
+        crate::sgemm::FORCE_PORTABLE.store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
     #[allow(clippy::too_many_arguments)]
