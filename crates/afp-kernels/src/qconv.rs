@@ -743,15 +743,18 @@ impl QConv {
         let (ohw, hw, kk) = (oh * ow, h * w, c.kh * c.kw);
         let per_in = c.c_out / c.c_in;
         let avx2 = crate::qgemm::avx2_available();
-        if let Some(wf) = wts_f32.filter(|_| crate::depthwise::fast_ok(c, Activation::None)) {
-            let per_task = (32768 / (ohw * kk).max(1)).max(1);
-            out.par_chunks_mut(ohw)
-                .enumerate()
-                .with_min_len(per_task)
-                .for_each(|(idx, dst)| {
-                    let (img, co) = (idx / c.c_out, idx % c.c_out);
-                    let ci = co / per_in;
-                    let x = &input[(img * c.c_in + ci) * hw..(img * c.c_in + ci + 1) * hw];
+        let f32_weights = wts_f32.filter(|_| crate::depthwise::fast_ok(c, Activation::None));
+        // Small planes (7x7 outputs) do a few hundred products per channel: several channels
+        // per task, or scheduling costs more than the work.
+        let per_task = (32768 / (ohw * kk).max(1)).max(1);
+        out.par_chunks_mut(ohw)
+            .enumerate()
+            .with_min_len(per_task)
+            .for_each(|(idx, dst)| {
+                let (img, co) = (idx / c.c_out, idx % c.c_out);
+                let ci = co / per_in;
+                let x = &input[(img * c.c_in + ci) * hw..(img * c.c_in + ci + 1) * hw];
+                if let Some(wf) = f32_weights {
                     DW_F32.with_borrow_mut(|(plane, pad)| {
                         plane.clear();
                         if self.enc.is_uniform() {
@@ -765,19 +768,8 @@ impl QConv {
                         crate::depthwise::fast_plane(c, h, w, plane, wk, 0.0, none, dst, pad);
                     });
                     self.epilogue_plane(co, dst);
-                });
-            return;
-        }
-        // Small planes (7x7 outputs) do a few hundred products per channel: several channels
-        // per task, or scheduling costs more than the work.
-        let per_task = (4096 / (ohw * kk).max(1)).max(1);
-        out.par_chunks_mut(ohw)
-            .enumerate()
-            .with_min_len(per_task)
-            .for_each(|(idx, dst)| {
-                let (img, co) = (idx / c.c_out, idx % c.c_out);
-                let ci = co / per_in;
-                let x = &input[(img * c.c_in + ci) * hw..(img * c.c_in + ci + 1) * hw];
+                    return;
+                }
                 let wk = &wts[co * kk..(co + 1) * kk];
                 PLANE.with(|p| {
                     let mut p = p.borrow_mut();
