@@ -24,6 +24,10 @@ pub struct Args {
     /// with the Python of AFPQ_PEER_PYTHON or ~/.cache/afpq-peer-venv).
     #[arg(long)]
     peer: bool,
+    /// With --peer: measure afpq and ONNX Runtime this many times in turn and report the
+    /// medians and the median of the per-round ratios (the machine's speed drifts).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
     /// Also print where the time goes: per operator type and the slowest nodes (one run).
     #[arg(long)]
     profile: bool,
@@ -44,6 +48,7 @@ fn peak_rss_bytes() -> Option<u64> {
 }
 
 /// Run times of one session on one input, after warm-up.
+#[derive(Clone, Copy)]
 pub struct Timing {
     pub batch: usize,
     pub runs: usize,
@@ -78,6 +83,13 @@ pub fn measure(
         images_per_s: batch as f64 * times.len() as f64 / total,
         median_s: times[times.len() / 2],
     })
+}
+
+/// The median of a non-empty list (the upper one of an even count).
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s[s.len() / 2]
 }
 
 /// Deterministic standard-normal-ish input (sum of uniforms), as the peer script uses random normal data.
@@ -145,6 +157,9 @@ fn run_peer(model: &Path, batch: usize, threads: usize) -> Result<serde_json::Va
 }
 
 pub fn run(a: &Args) -> Result<()> {
+    if a.rounds > 1 && !a.peer {
+        bail!("--rounds alternates afpq with ONNX Runtime: it needs --peer");
+    }
     let mut rows = Vec::new();
     let pb = common::progress(
         (a.threads.len() * a.batch.len()) as u64,
@@ -167,9 +182,26 @@ pub fn run(a: &Args) -> Result<()> {
             let s = clf.session(batch)?;
             let n: usize = s.graph().values[s.graph().inputs[0]].numel();
             let x = input(n);
-            let t = measure(s, &x, batch, a.warmup, a.seconds)?;
+            let mut t = measure(s, &x, batch, a.warmup, a.seconds)?;
             if a.profile && !a.out.json {
                 pb.suspend(|| profile(s, &x))?;
+            }
+            // With --peer, rounds of (afpq, ONNX Runtime) in turn: (ours, peer's reply).
+            let mut rounds: Vec<(Timing, serde_json::Value)> = Vec::new();
+            if a.peer {
+                if !peer_model.is_file() {
+                    bail!(
+                        "--peer: the FP32 model {} the .afp file was made from is not there",
+                        peer_model.display()
+                    );
+                }
+                for r in 0..a.rounds {
+                    if r > 0 {
+                        t = measure(s, &x, batch, 0, a.seconds)?;
+                    }
+                    let p = run_peer(&peer_model, batch, threads)?;
+                    rounds.push((t, p));
+                }
             }
             engine = clf.engine_used();
             if let Some(layers) = clf.packed_layers() {
@@ -179,28 +211,43 @@ pub fn run(a: &Args) -> Result<()> {
                 }
                 packed_bytes = Some(layers.iter().map(|l| l.weight_bytes).sum::<usize>());
             }
-            let (ips, median) = (t.images_per_s, t.median_s);
+            let peer_ips = |p: &serde_json::Value| p["images_per_s"].as_f64().unwrap_or(f64::NAN);
+            let ours: Vec<f64> = rounds.iter().map(|r| r.0.images_per_s).collect();
+            let ips = if rounds.is_empty() {
+                t.images_per_s
+            } else {
+                median(&ours)
+            };
+            let median_ms = t.median_s * 1e3;
             let mut row = json!({
                 "batch": batch, "threads": threads, "runs": t.runs,
-                "images_per_s": ips, "ms_per_batch_median": median * 1e3,
+                "images_per_s": ips, "ms_per_batch_median": median_ms,
             });
-            let mut line = format!("batch {batch:>3}  threads {threads:>2}  {ips:>9.1} images/s  median {:>8.2} ms/batch", median * 1e3);
-            if a.peer {
-                if !peer_model.is_file() {
-                    bail!(
-                        "--peer: the FP32 model {} the .afp file was made from is not there",
-                        peer_model.display()
+            let mut line = format!("batch {batch:>3}  threads {threads:>2}  {ips:>9.1} images/s  median {median_ms:>8.2} ms/batch");
+            if let Some((_, p0)) = rounds.first() {
+                let theirs: Vec<f64> = rounds.iter().map(|r| peer_ips(&r.1)).collect();
+                let ratios: Vec<f64> = ours.iter().zip(&theirs).map(|(o, p)| o / p).collect();
+                let (pips, ratio) = (median(&theirs), median(&ratios));
+                row["peer"] = p0.clone();
+                row["peer"]["images_per_s"] = json!(pips);
+                row["ratio_vs_peer"] = json!(ratio);
+                if rounds.len() > 1 {
+                    row["rounds"] = json!(ours
+                        .iter()
+                        .zip(&theirs)
+                        .map(|(o, p)| json!({"images_per_s": o, "peer_images_per_s": p}))
+                        .collect::<Vec<_>>());
+                }
+                let name = p0["peer"].as_str().unwrap_or("peer");
+                line += &format!("   | {name}: {pips:.1} images/s  ratio {ratio:.2}x");
+                if rounds.len() > 1 {
+                    let each: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+                    line += &format!(
+                        " (medians of {} rounds; ratios {})",
+                        rounds.len(),
+                        each.join(", ")
                     );
                 }
-                let p = run_peer(&peer_model, batch, threads)?;
-                let pips = p["images_per_s"].as_f64().unwrap_or(f64::NAN);
-                row["peer"] = p.clone();
-                row["ratio_vs_peer"] = json!(ips / pips);
-                line += &format!(
-                    "   | {}: {pips:.1} images/s  ratio {:.2}x",
-                    p["peer"].as_str().unwrap_or("peer"),
-                    ips / pips
-                );
             }
             if !a.out.json {
                 pb.suspend(|| println!("{line}"));
@@ -296,4 +343,14 @@ fn profile(s: &mut afp_engine::Session, x: &[f32]) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn median_is_the_middle_value() {
+        assert_eq!(super::median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(super::median(&[4.0, 1.0, 3.0, 2.0]), 3.0);
+        assert_eq!(super::median(&[5.0]), 5.0);
+    }
 }

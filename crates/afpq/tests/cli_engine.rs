@@ -164,6 +164,10 @@ fn bench_reports_each_configuration() {
     assert!(rows
         .iter()
         .all(|r| r["images_per_s"].as_f64().unwrap() > 0.0));
+    // Rounds alternate with the peer; alone they are refused.
+    let out = afpq(&["bench", &model, "--rounds", "3"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--rounds"));
 }
 
 #[test]
