@@ -132,7 +132,8 @@ enum QWeights {
         zero_corr: Option<Vec<i64>>,
     },
     /// Depthwise: `[c_out, kh * kw]`; the same integers as f32 when every window sum stays
-    /// below 2^24, where f32 sums of integer products are exact (see `run_depthwise`).
+    /// below 2^24, where f32 sums of integer products are exact, and the FP32 depthwise
+    /// kernel's AVX2 rows cover the shape (see `run_depthwise`).
     Depthwise(Vec<i32>, Option<Vec<f32>>),
 }
 
@@ -305,9 +306,10 @@ impl QConv {
             return Err(format!("a weight integer exceeds the bound {w_max}"));
         }
         let weights = if conv.is_depthwise() {
-            // |window sum| <= taps * max|n_a| * max|n_w|: exact in f32 below 2^24.
+            // |window sum| <= taps * max|n_a| * max|n_w|: exact in f32 below 2^24; and the
+            // FP32 kernel's AVX2 rows must cover the shape.
             let bound = khw as u64 * enc.max.unsigned_abs() as u64 * w_max as u64;
-            let exact_f32 = bound < 1 << 24;
+            let exact_f32 = bound < 1 << 24 && crate::depthwise::fast_ok(&conv, Activation::None);
             QWeights::Depthwise(
                 w.to_vec(),
                 exact_f32.then(|| w.iter().map(|&v| v as f32).collect()),
@@ -404,12 +406,8 @@ impl QConv {
     pub fn kernel_name(&self) -> &'static str {
         match &self.weights {
             QWeights::Gemm { groups, .. } => groups[0].kernel_name(),
-            QWeights::Depthwise(_, Some(_))
-                if crate::depthwise::fast_ok(&self.conv, Activation::None) =>
-            {
-                "depthwise-exact-f32"
-            }
-            QWeights::Depthwise(..) => "depthwise-i32",
+            QWeights::Depthwise(_, Some(_)) => "depthwise-exact-f32",
+            QWeights::Depthwise(_, None) => "depthwise-i32",
         }
     }
 
@@ -728,7 +726,7 @@ impl QConv {
     /// Depthwise layers sum each window's integer products. When the sums stay below 2^24
     /// (`wts_f32`), they are computed in f32 lanes by the FP32 depthwise kernel's FMA rows:
     /// products and partial sums of such integers are exact in f32, so the result is the
-    /// integer sum, bit for bit. Otherwise, or for shapes that kernel lacks, in i32.
+    /// integer sum, bit for bit. Otherwise in i32.
     fn run_depthwise(
         &self,
         wts: &[i32],
@@ -743,7 +741,6 @@ impl QConv {
         let (ohw, hw, kk) = (oh * ow, h * w, c.kh * c.kw);
         let per_in = c.c_out / c.c_in;
         let avx2 = crate::qgemm::avx2_available();
-        let f32_weights = wts_f32.filter(|_| crate::depthwise::fast_ok(c, Activation::None));
         // Small planes (7x7 outputs) do a few hundred products per channel: several channels
         // per task, or scheduling costs more than the work.
         let per_task = (32768 / (ohw * kk).max(1)).max(1);
@@ -754,14 +751,10 @@ impl QConv {
                 let (img, co) = (idx / c.c_out, idx % c.c_out);
                 let ci = co / per_in;
                 let x = &input[(img * c.c_in + ci) * hw..(img * c.c_in + ci + 1) * hw];
-                if let Some(wf) = f32_weights {
+                if let Some(wf) = wts_f32 {
                     DW_F32.with_borrow_mut(|(plane, pad)| {
-                        plane.clear();
-                        if self.enc.is_uniform() {
-                            plane.extend(x.iter().map(|&v| self.enc.encode_uniform(v) as f32));
-                        } else {
-                            plane.extend(x.iter().map(|&v| self.enc.encode(v) as f32));
-                        }
+                        plane.resize(hw, 0.0);
+                        encode_plane(&self.enc, x, plane, |n| n as f32);
                         let wk = &wf[co * kk..(co + 1) * kk];
                         // The sums into `dst`, then the epilogue in place.
                         let none = Activation::None;
@@ -840,15 +833,7 @@ fn depthwise_channel(
 ) {
     let c = ch.conv;
     let (h, w, oh, ow) = ch.hw;
-    if ch.enc.is_uniform() {
-        for (d, &v) in plane.iter_mut().zip(x) {
-            *d = ch.enc.encode_uniform(v);
-        }
-    } else {
-        for (d, &v) in plane.iter_mut().zip(x) {
-            *d = ch.enc.encode(v);
-        }
-    }
+    encode_plane(ch.enc, x, plane, |n| n);
     let s = c.stride[1];
     let phased = s == 2 && w > 1;
     if phased {
@@ -894,6 +879,21 @@ fn depthwise_channel(
                     }
                 }
             }
+        }
+    }
+}
+
+/// `dst[i] = to(code of x[i])`: one depthwise input plane, with the uniform-grid test taken
+/// once, outside the loop (so each loop vectorizes where its caller is compiled for AVX2).
+#[inline(always)]
+fn encode_plane<T>(enc: &ActEncoder, x: &[f32], dst: &mut [T], to: impl Fn(i32) -> T) {
+    if enc.is_uniform() {
+        for (d, &v) in dst.iter_mut().zip(x) {
+            *d = to(enc.encode_uniform(v));
+        }
+    } else {
+        for (d, &v) in dst.iter_mut().zip(x) {
+            *d = to(enc.encode(v));
         }
     }
 }

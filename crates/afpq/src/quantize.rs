@@ -174,20 +174,11 @@ impl QuantArgs {
             );
         }
         let widths = w.min_bits as f64..=w.max_bits as f64;
-        if let Some(a) = w.avg_bits {
-            if !widths.contains(&a) {
+        let act_budget = self.avg_act_bits.filter(|_| acts == ActMode::Auto);
+        for (flag, budget) in [("--avg-bits", w.avg_bits), ("--avg-act-bits", act_budget)] {
+            if let Some(a) = budget.filter(|a| !widths.contains(a)) {
                 bail!(
-                    "--avg-bits {a} is outside the widths a layer may have, {} to {} \
-                     (--min-bits, --max-bits)",
-                    w.min_bits,
-                    w.max_bits
-                );
-            }
-        }
-        if let (ActMode::Auto, Some(a)) = (acts, self.avg_act_bits) {
-            if !widths.contains(&a) {
-                bail!(
-                    "--avg-act-bits {a} is outside the widths a layer may have, {} to {} \
+                    "{flag} {a} is outside the widths a layer may have, {} to {} \
                      (--min-bits, --max-bits)",
                     w.min_bits,
                     w.max_bits
