@@ -423,6 +423,11 @@ impl Session {
                 let rows = self.data(x).len() / q.depth().max(1);
                 q.run(rows, self.data(x), out, qscratch)
             }
+            Op::LookupConv(q) => q.run(xs[0], xs[2], xs[3], self.data(x), out, scratch),
+            Op::LookupGemm(q) => {
+                let rows = self.data(x).len() / q.depth().max(1);
+                q.run(rows, self.data(x), out)
+            }
             Op::Quantize { grid } => {
                 out.copy_from_slice(self.data(x));
                 grid.quantize_slice(out).map_err(|e| {

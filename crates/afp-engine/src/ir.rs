@@ -140,6 +140,12 @@ pub enum Op {
     /// A Gemm (`x [rows, k]` times packed weights `[m, k]` transposed) on AFP integers.
     /// Inputs: x only; leading dimensions of x are rows.
     QGemm(std::sync::Arc<afp_kernels::QGemm>),
+    /// A convolution whose weights are codes decoded through a table (the packed engine's
+    /// lookup path; f32 multiply-add). Inputs: x only (its input rounding, if any, is a
+    /// [`Op::Quantize`] before it).
+    LookupConv(std::sync::Arc<afp_kernels::LookupConv>),
+    /// A Gemm on coded weights (`x [rows, k]` times `[m, k]` transposed). Inputs: x only.
+    LookupGemm(std::sync::Arc<afp_kernels::LookupGemm>),
 }
 
 impl Op {
@@ -172,6 +178,8 @@ impl Op {
             Op::QConv(_) => "QConv",
             Op::QConvAdd { .. } => "QConv+Add",
             Op::QGemm(_) => "QGemm",
+            Op::LookupConv(_) => "LookupConv",
+            Op::LookupGemm(_) => "LookupGemm",
         }
     }
 
@@ -186,6 +194,8 @@ impl Op {
                 | Op::QConv(_)
                 | Op::QConvAdd { .. }
                 | Op::QGemm(_)
+                | Op::LookupConv(_)
+                | Op::LookupGemm(_)
         )
     }
 
@@ -201,6 +211,8 @@ impl Op {
             | Op::Sum { act }
             | Op::ChannelAffine { act } => Some(*act),
             Op::QConv(q) => Some(q.act()),
+            Op::LookupConv(q) => Some(q.act()),
+            Op::LookupGemm(q) => Some(q.act()),
             _ => None,
         }
     }
@@ -292,7 +304,12 @@ impl Graph {
             Op::QConv(q) | Op::QConvAdd { q, .. } => {
                 out * (q.conv.c_in / q.conv.group * q.conv.kh * q.conv.kw) as u64
             }
+            Op::LookupConv(q) => {
+                let c = q.conv();
+                out * (c.c_in / c.group * c.kh * c.kw) as u64
+            }
             Op::QGemm(q) => out * q.depth() as u64,
+            Op::LookupGemm(q) => out * q.depth() as u64,
             _ => 0,
         }
     }

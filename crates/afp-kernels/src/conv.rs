@@ -6,7 +6,7 @@
 use rayon::prelude::*;
 
 use crate::matmul::{threads_for, MatLayout};
-use crate::sgemm::{self, conv_gemm_fused, gemm_fused, Bias, ConvB, Epilogue};
+use crate::sgemm::{self, conv_gemm_fused, gemm_fused, Bias, ConvB, Epilogue, Lhs};
 
 /// Output planes at least this large use implicit im2col (see `Conv2d::run`).
 const IMPLICIT_MIN_OHW: usize = 128;
@@ -129,6 +129,27 @@ impl Conv2d {
         out: &mut [f32],
         scratch: &mut Vec<f32>,
     ) {
+        let kk = self.c_in / self.group.max(1) * self.kh * self.kw;
+        let weight = Lhs::F32(weight, MatLayout::row_major(kk));
+        self.run_lhs(n, h, w, input, weight, bias, residual, act, out, scratch)
+    }
+
+    /// [`Conv2d::run_add`] with the weights as a GEMM operand (f32 or coded). Depthwise
+    /// convolutions need f32 weights.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn run_lhs(
+        &self,
+        n: usize,
+        h: usize,
+        w: usize,
+        input: &[f32],
+        weight: Lhs,
+        bias: Option<&[f32]>,
+        residual: Option<&[f32]>,
+        act: Activation,
+        out: &mut [f32],
+        scratch: &mut Vec<f32>,
+    ) {
         let g = self.group;
         assert!(
             g > 0 && self.c_in.is_multiple_of(g) && self.c_out.is_multiple_of(g),
@@ -149,7 +170,14 @@ impl Conv2d {
         let (cig, cog) = (self.c_in / g, self.c_out / g);
         let kk = cig * self.kh * self.kw;
         assert_eq!(input.len(), n * self.c_in * h * w, "conv: input length");
-        assert_eq!(weight.len(), self.c_out * kk, "conv: weight length");
+        match weight {
+            Lhs::F32(wf, _) => assert_eq!(wf.len(), self.c_out * kk, "conv: weight length"),
+            Lhs::Coded(wc) => assert!(
+                wc.rows() == self.c_out && wc.k == kk,
+                "conv: coded weights are not {} x {kk}",
+                self.c_out
+            ),
+        }
         assert_eq!(out.len(), n * self.c_out * oh * ow, "conv: output length");
         if let Some(b) = bias {
             assert_eq!(b.len(), self.c_out, "conv: bias length");
@@ -164,7 +192,18 @@ impl Conv2d {
         if let Some(res) = residual {
             if kk == 0 || self.is_depthwise() {
                 // Kernels without a residual epilogue: the product, then one pass.
-                self.run(n, h, w, input, weight, bias, Activation::None, out, scratch);
+                self.run_lhs(
+                    n,
+                    h,
+                    w,
+                    input,
+                    weight,
+                    bias,
+                    None,
+                    Activation::None,
+                    out,
+                    scratch,
+                );
                 for (o, &r) in out.iter_mut().zip(res) {
                     *o = act.apply(*o + r);
                 }
@@ -180,6 +219,9 @@ impl Conv2d {
             return;
         }
         if self.is_depthwise() {
+            let Lhs::F32(weight, _) = weight else {
+                panic!("conv: the depthwise kernel needs f32 weights");
+            };
             return depthwise::run(self, n, h, w, input, weight, bias, act, out);
         }
 
@@ -260,7 +302,7 @@ struct Task<'a> {
     oh: usize,
     ow: usize,
     input: &'a [f32],
-    weight: &'a [f32],
+    weight: Lhs<'a>,
     bias: Option<&'a [f32]>,
     /// Shaped as the whole output.
     residual: Option<&'a [f32]>,
@@ -280,7 +322,10 @@ impl Task<'_> {
         let hw = self.h * self.w;
         let ohw = self.oh * self.ow;
         let img = &self.input[(ni * c.c_in + gi * cig) * hw..][..cig * hw];
-        let wg = &self.weight[gi * cog * kk..][..cog * kk];
+        let wg = match self.weight {
+            Lhs::F32(wf, l) => Lhs::F32(&wf[gi * cog * kk..][..cog * kk], l),
+            Lhs::Coded(wc) => Lhs::Coded(wc.row_range(gi * cog, cog)),
+        };
         let bias = match self.bias {
             Some(b) => Bias::Row(&b[gi * cog..][..cog]),
             None => Bias::None,
@@ -319,7 +364,6 @@ impl Task<'_> {
             ohw,
             kk,
             wg,
-            MatLayout::row_major(kk),
             rhs,
             MatLayout::row_major(ohw),
             out,

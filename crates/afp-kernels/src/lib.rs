@@ -16,6 +16,7 @@
 mod activation;
 mod conv;
 mod depthwise;
+mod lookup;
 mod matmul;
 mod pool;
 pub mod qconv;
@@ -24,6 +25,7 @@ mod sgemm;
 
 pub use activation::Activation;
 pub use conv::Conv2d;
+pub use lookup::{CodedWeights, LookupConv, LookupGemm};
 pub use matmul::{gemm, GemmBias};
 pub use pool::{global_avg_pool, Pool2d};
 pub use qconv::{ActEncoder, QConv, QGemm, QScratch};
@@ -56,6 +58,10 @@ pub(crate) fn split_index(x: usize, len: usize) -> usize {
 /// Deterministic pseudo-random test data shared by the unit tests.
 #[cfg(test)]
 mod test_rand {
+    /// Held by the tests that flip the kernels' `FORCE_PORTABLE` switches, so a test that
+    /// compares two runs bit for bit sees both on the same path.
+    pub(crate) static KERNEL_PATH_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     fn lcg(seed: &mut u64) -> f32 {
         *seed = seed
             .wrapping_mul(6364136223846793005)

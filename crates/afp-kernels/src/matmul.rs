@@ -1,6 +1,6 @@
 //! The one safe wrapper around `gemm::gemm`, and the ONNX-style public GEMM.
 
-use crate::sgemm::{gemm_fused, Bias, Epilogue};
+use crate::sgemm::{gemm_fused, Bias, Epilogue, Lhs};
 use crate::Activation;
 
 /// Products with fewer multiply-adds than this run single-threaded inside
@@ -253,8 +253,7 @@ pub fn gemm(
         m,
         n,
         k,
-        a,
-        a_l,
+        Lhs::F32(a, a_l),
         b,
         b_l,
         out,

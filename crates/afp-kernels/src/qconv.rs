@@ -1482,6 +1482,9 @@ mod tests {
             BLOCK_U8.with_borrow_mut(|b| *b = vec![0xA5; 1 << 18]);
             BLOCK_I16.with_borrow_mut(|b| *b = vec![0x5A5A; 1 << 18]);
         });
+        let _path = crate::test_rand::KERNEL_PATH_LOCK
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         for force_portable in [false, true] {
             crate::qgemm::FORCE_PORTABLE.store(force_portable, std::sync::atomic::Ordering::SeqCst);
             // The f32 depthwise path runs on the FP32 kernel's AVX2 rows.

@@ -18,6 +18,7 @@ use std::cell::RefCell;
 use rayon::prelude::*;
 
 use crate::conv::valid_range;
+use crate::lookup::{with_decoded, CodedRows};
 use crate::matmul::{matmul, MatLayout};
 use crate::Activation;
 
@@ -54,6 +55,15 @@ pub(crate) struct Epilogue<'a> {
     pub act: Activation,
 }
 
+/// The left-hand operand `A` (`m x k`).
+#[derive(Clone, Copy)]
+pub(crate) enum Lhs<'a> {
+    /// f32 values with arbitrary strides.
+    F32(&'a [f32], MatLayout),
+    /// Row-major codes decoded through a table while `A` is packed (the lookup path).
+    Coded(CodedRows<'a>),
+}
+
 /// Test-only switch to time the portable path against the AVX2 one.
 #[cfg(test)]
 pub(crate) static FORCE_PORTABLE: std::sync::atomic::AtomicBool =
@@ -84,8 +94,7 @@ pub(crate) fn gemm_fused(
     m: usize,
     n: usize,
     k: usize,
-    a: &[f32],
-    a_l: MatLayout,
+    a: Lhs,
     b: &[f32],
     b_l: MatLayout,
     c: &mut [f32],
@@ -97,9 +106,18 @@ pub(crate) fn gemm_fused(
     // tile would be mostly padding and packing would cost as much as the
     // arithmetic.
     if avx2_available() && m >= MR && n >= NR / 2 {
-        gemm_fused_avx2(m, n, k, a, a_l, b, b_l, c, ldc, epi, threads);
-    } else {
-        gemm_fused_portable(m, n, k, a, a_l, b, b_l, c, ldc, epi, threads);
+        return gemm_fused_avx2(m, n, k, a, b, b_l, c, ldc, epi, threads);
+    }
+    match a {
+        Lhs::F32(a, a_l) => gemm_fused_portable(m, n, k, a, a_l, b, b_l, c, ldc, epi, threads),
+        Lhs::Coded(w) => {
+            assert_eq!(w.rows(), m, "sgemm: coded rows");
+            assert_eq!(w.k, k, "sgemm: coded depth");
+            with_decoded(w, |a| {
+                let a_l = MatLayout::row_major(k);
+                gemm_fused_portable(m, n, k, a, a_l, b, b_l, c, ldc, epi, threads)
+            })
+        }
     }
 }
 
@@ -171,11 +189,21 @@ fn span(rows: usize, cols: usize, rs: usize, cs: usize) -> usize {
         .expect("sgemm: layout overflows")
 }
 
+/// Panics unless `a` holds an `m x k` operand (`m, k > 0`).
+fn check_lhs(a: Lhs, m: usize, k: usize) {
+    match a {
+        Lhs::F32(a, l) => assert!(span(m, k, l.rs, l.cs) <= a.len(), "sgemm: lhs too short"),
+        Lhs::Coded(w) => assert!(
+            w.rows() == m && w.k == k && w.codes.len() == m * k && w.table.len() == 256,
+            "sgemm: coded lhs is not {m} x {k}"
+        ),
+    }
+}
+
 /// Shared description of one product.
 #[derive(Clone, Copy)]
 struct Problem<'a> {
-    a: &'a [f32],
-    a_l: MatLayout,
+    a: Lhs<'a>,
     b: BSrc<'a>,
     /// Output strides (`cs == 1` for the vector store path).
     c_rs: usize,
@@ -211,8 +239,7 @@ fn gemm_fused_avx2(
     m: usize,
     n: usize,
     k: usize,
-    a: &[f32],
-    a_l: MatLayout,
+    a: Lhs,
     b: &[f32],
     b_l: MatLayout,
     c: &mut [f32],
@@ -243,7 +270,7 @@ fn gemm_fused_avx2(
             act: Activation::None,
             ..epi
         };
-        gemm_fused_avx2(m, n, k, a, a_l, b, b_l, c, ldc, plain, threads);
+        gemm_fused_avx2(m, n, k, a, b, b_l, c, ldc, plain, threads);
         for row in c.chunks_mut(ldc.max(n)).take(m) {
             epi.act.apply_slice(&mut row[..n]);
         }
@@ -267,10 +294,7 @@ fn gemm_fused_avx2(
         }
         return;
     }
-    assert!(
-        span(m, k, a_l.rs, a_l.cs) <= a.len(),
-        "sgemm: lhs too short"
-    );
+    check_lhs(a, m, k);
     assert!(
         span(k, n, b_l.rs, b_l.cs) <= b.len(),
         "sgemm: rhs too short"
@@ -278,7 +302,6 @@ fn gemm_fused_avx2(
 
     let p = Problem {
         a,
-        a_l,
         b: BSrc::Mat(b, b_l),
         c_rs: ldc,
         c_cs: 1,
@@ -301,7 +324,7 @@ fn gemm_fused_avx2(
 pub(crate) fn conv_gemm_fused(
     m: usize,
     k: usize,
-    a: &[f32],
+    a: Lhs,
     src: ConvB,
     c: &mut [f32],
     epi: Epilogue,
@@ -325,7 +348,7 @@ pub(crate) fn conv_gemm_fused(
     if let Some(r) = epi.residual {
         assert!(r.len() >= m * n, "conv_gemm_fused: residual too short");
     }
-    assert!(a.len() >= m * k, "conv_gemm_fused: lhs too short");
+    check_lhs(a, m, k);
     if let Bias::Row(bv) = epi.bias {
         assert!(bv.len() >= m, "conv_gemm_fused: bias too short");
     }
@@ -335,7 +358,6 @@ pub(crate) fn conv_gemm_fused(
     );
     let p = Problem {
         a,
-        a_l: MatLayout::row_major(k),
         b: BSrc::Conv(src),
         c_rs: n,
         c_cs: 1,
@@ -483,11 +505,18 @@ fn region(
             while ic < rows.end {
                 let mc = MC.min(rows.end - ic);
                 // Row-major A is read in place (the kernel broadcasts from
-                // 6 row streams); other layouts are packed.
-                let packed = p.a_l.cs != 1;
-                if packed {
-                    pack_a(p.a, p.a_l, ic, mc, pc, kc, abuf);
-                }
+                // 6 row streams); other layouts are packed, and codes decoded.
+                let in_place = match p.a {
+                    Lhs::F32(a, l) if l.cs == 1 => Some((a, l.rs)),
+                    Lhs::F32(a, l) => {
+                        pack_a(a, l, ic, mc, pc, kc, abuf);
+                        None
+                    }
+                    Lhs::Coded(w) => {
+                        pack_a_coded(w, ic, mc, pc, kc, abuf);
+                        None
+                    }
+                };
                 // A strip outer (stays in L1), B strips inner (the packed
                 // panel stays in L2): each A strip's output rows are written
                 // left to right, a few long streams rather than many short.
@@ -496,14 +525,9 @@ fn region(
                     for jr in (0..nc).step_by(NR) {
                         let nr = NR.min(nc - jr);
                         let bstrip = &bbuf[jr * kc..][..kc * NR];
-                        let a_src = if packed {
-                            ASrc::Packed(&abuf[ir * kc..][..kc * MR])
-                        } else {
-                            ASrc::Rows {
-                                a: p.a,
-                                lda: p.a_l.rs,
-                                pc,
-                            }
+                        let a_src = match in_place {
+                            None => ASrc::Packed(&abuf[ir * kc..][..kc * MR]),
+                            Some((a, lda)) => ASrc::Rows { a, lda, pc },
                         };
                         let tile = Tile {
                             i0: ic + ir,
@@ -611,6 +635,30 @@ fn pack_a(a: &[f32], l: MatLayout, ic: usize, mc: usize, pc: usize, kc: usize, d
                     *dv = a[base + i * l.rs];
                 }
                 d[h..].fill(0.0);
+            }
+        }
+    }
+}
+
+/// As [`pack_a`], for coded rows: each value is decoded through the table as it is packed
+/// (the same f32 values as the decoded weights, so the products are the same).
+fn pack_a_coded(w: CodedRows, ic: usize, mc: usize, pc: usize, kc: usize, dst: &mut [f32]) {
+    let table: &[f32; 256] = w.table.try_into().expect("256-entry table");
+    for (s, strip) in dst[..mc.div_ceil(MR) * MR * kc]
+        .chunks_exact_mut(MR * kc)
+        .enumerate()
+    {
+        let i0 = ic + s * MR;
+        let h = MR.min(ic + mc - i0);
+        // Rows past `h` repeat the last one with factor 0 (padding; their results are
+        // discarded).
+        let rows: [&[u8]; MR] =
+            std::array::from_fn(|i| &w.codes[(i0 + i.min(h - 1)) * w.k + pc..][..kc]);
+        let scale: [f32; MR] =
+            std::array::from_fn(|i| if i < h { w.row_scale[i0 + i] } else { 0.0 });
+        for (q, d) in strip.chunks_exact_mut(MR).enumerate() {
+            for i in 0..MR {
+                d[i] = table[rows[i][q] as usize] * scale[i];
             }
         }
     }
@@ -920,7 +968,16 @@ mod tests {
                                 )
                             } else {
                                 gemm_fused_avx2(
-                                    m, n, k, &a, a_l, &b, b_l, &mut c, ldc, epi, threads,
+                                    m,
+                                    n,
+                                    k,
+                                    Lhs::F32(&a, a_l),
+                                    &b,
+                                    b_l,
+                                    &mut c,
+                                    ldc,
+                                    epi,
+                                    threads,
                                 )
                             }
                         });

@@ -636,24 +636,30 @@ pub fn apply(g: &mut Graph, q: &QuantizedModel) -> Result<(), String> {
             let grid = a
                 .grid()
                 .ok_or_else(|| format!("layer {:?}: invalid activation format", lp.node))?;
-            let x = g.nodes[k].inputs[0];
-            let q = g.values.len();
-            g.values.push(Value {
-                name: format!("{}:x_q", lp.node),
-                shape: g.values[x].shape.clone(),
-                konst: None,
-            });
-            g.nodes[k].inputs[0] = q;
-            let node = Node {
-                name: format!("{}:quantize_input", lp.node),
-                op: Op::Quantize { grid },
-                inputs: vec![x],
-                output: q,
-            };
-            g.nodes.insert(k, node);
+            round_input(g, k, grid);
         }
     }
     Ok(())
+}
+
+/// Puts a [`Op::Quantize`] node on `grid` before node `k`, rounding its first input.
+pub(crate) fn round_input(g: &mut Graph, k: usize, grid: afp_format::Grid) {
+    let name = g.nodes[k].name.clone();
+    let x = g.nodes[k].inputs[0];
+    let q = g.values.len();
+    g.values.push(Value {
+        name: format!("{name}:x_q"),
+        shape: g.values[x].shape.clone(),
+        konst: None,
+    });
+    g.nodes[k].inputs[0] = q;
+    let node = Node {
+        name: format!("{name}:quantize_input"),
+        op: Op::Quantize { grid },
+        inputs: vec![x],
+        output: q,
+    };
+    g.nodes.insert(k, node);
 }
 
 fn push_const(g: &mut Graph, name: String, shape: Vec<usize>, data: Vec<f32>) -> usize {

@@ -7,9 +7,11 @@ use std::collections::HashMap;
 /// How a `.afp` model is computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Engine {
-    /// Packed integer kernels when every layer has one, else simulated (with a note).
+    /// The packed engine when every layer has a packed kernel, else simulated (with a note).
     Auto,
-    /// AFP integer kernels from the packed codes (no de-quantized weights).
+    /// Kernels on the packed codes (no de-quantized weight tensors): AFP integer kernels, or
+    /// where the integers fit no container (or the plan has no activation formats) codes
+    /// decoded through a table into f32 multiply-adds.
     Packed,
     /// f32 kernels on weights decoded from their codes, inputs rounded to their grids.
     Simulated,

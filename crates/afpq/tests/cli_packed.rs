@@ -1,8 +1,8 @@
 //! The packed engine (integer kernels on a .afp file's codes) against the simulated one, on
-//! the bundled ResNet-8: equal outputs, the plans it refuses, and what `bench` reports.
+//! the bundled ResNet-8: equal outputs on the integer and lookup paths, and what `bench` reports.
 
 mod common;
-use common::{afpq, card, json, ok, tmp};
+use common::{card, json, ok, tmp};
 
 /// Every 5th bundled image (100 of 500), sorted.
 fn images() -> Vec<String> {
@@ -66,25 +66,55 @@ fn packed_equals_simulated_on_resnet8() {
     }
 }
 
-/// A plan without activation formats has no integer inputs: `--engine packed` refuses it,
-/// naming the layer and the fix; `auto` falls back to the simulated engine with a note.
+/// Plans the integer kernels cannot run go through the lookup path (codes decoded through a
+/// table, f32 multiply-add): weights only (no integer inputs), and FP8 E4M3 weights with
+/// E5M2 inputs (integers beyond 16 bits). The convolutions give the simulated engine's bits
+/// (same decoded weights, same FP32 kernel); the classifier's Gemm sums in another order,
+/// hence the tolerance on the probabilities.
 #[test]
-fn packed_refuses_weights_only_plans() {
-    let dir = tmp("packed-refuse");
-    let afp = dir.join("w.afp").display().to_string();
-    quantize(&afp, &[]);
-    let img = common::image("cat", "0003.jpg");
-    let card = card();
-    let out = afpq(&["run", &afp, &img, "--card", &card, "--engine", "packed"]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("packed engine") && err.contains("layer") && err.contains("--acts"),
-        "{err}"
-    );
-    let out = afpq(&["run", &afp, &img, "--card", &card, "--engine", "auto"]);
-    assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("simulated engine"));
+fn packed_runs_plans_without_integer_kernels_through_lookup() {
+    let dir = tmp("packed-lookup");
+    let imgs = images();
+    for (name, extra) in [
+        ("weights-only", &[][..]),
+        (
+            "fp8",
+            &[
+                "--format",
+                "fp8-e4m3",
+                "--acts",
+                "8",
+                "--act-format",
+                "fp8-e5m2",
+            ][..],
+        ),
+    ] {
+        let afp = dir.join(format!("{name}.afp")).display().to_string();
+        quantize(&afp, extra);
+        let v = bench_briefly(&afp);
+        assert_eq!(v["engine"], "packed", "{name}");
+        let kernels = v["kernels"].as_object().unwrap();
+        assert!(
+            kernels.keys().all(|k| k.starts_with("lookup-f32")),
+            "{name}: {kernels:?}"
+        );
+        // One byte per weight (77k) plus a 1 KiB table per layer: a quarter of FP32.
+        let bytes = v["packed_weight_bytes"].as_u64().unwrap();
+        assert!((77_000..100_000).contains(&bytes), "{name}: {bytes}");
+        let packed = common::top5(&afp, &card(), "packed", &imgs);
+        let simulated = common::top5(&afp, &card(), "simulated", &imgs);
+        assert_eq!(packed.len(), 100);
+        for (i, (p, s)) in packed.iter().zip(&simulated).enumerate() {
+            let classes = |t: &[(u64, f64)]| t.iter().map(|x| x.0).collect::<Vec<_>>();
+            assert_eq!(classes(p), classes(s), "{name}: image {i}");
+            for (a, b) in p.iter().zip(s) {
+                assert!(
+                    (a.1 - b.1).abs() <= 1e-5,
+                    "{name}: image {i}: {p:?} vs {s:?}"
+                );
+            }
+        }
+    }
 }
 
 /// `afpq bench OUT.afp` runs the packed engine and says which kernels and how much memory.
