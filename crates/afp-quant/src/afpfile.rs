@@ -433,7 +433,17 @@ pub fn from_bytes(bytes: &[u8]) -> Result<AfpFile, String> {
                 d => return Err(what(format!("offsets are {d:?}, I8 or I16 expected"))),
             };
             expected.insert(name);
-            t.data().len()
+            // Optional real scales on top of the offsets (`--scale real`).
+            let scales = format!("layer/{i}/scales");
+            let extra = if st.tensor(&scales).is_ok() {
+                let t = tensor(&st, &scales, Dtype::F32).map_err(what)?;
+                lp.weight.scales = from_le(t.data(), f32::from_le_bytes);
+                expected.insert(scales);
+                t.data().len()
+            } else {
+                0
+            };
+            t.data().len() + extra
         } else {
             let name = format!("layer/{i}/scales");
             let t = tensor(&st, &name, Dtype::F32).map_err(what)?;
@@ -548,6 +558,7 @@ pub(crate) mod tests {
             gptq: None,
             allocation: crate::quantize::Allocation::WeightError,
             act_objective: crate::quantize::ActObjective::Mse,
+            real_scales: false,
             check_proxy: 0,
         };
         let (mut lp, codes) = plan_layers(&g, &layers, &stats, &o).unwrap();
@@ -598,6 +609,19 @@ pub(crate) mod tests {
                 sizes.packed_weight_bytes as usize <= params * bits as usize / 8 + q.codes.len()
             );
         }
+    }
+
+    /// AFP plans with real scales on top of their offsets (`--scale real`) keep both.
+    #[test]
+    fn real_scales_read_back() {
+        let (proto, mut q) = quantized(5, Family::Afp);
+        for lp in &mut q.plan.layers {
+            lp.weight.scales = (0..lp.weight.offsets.len())
+                .map(|i| 0.75 + i as f32 / 64.0)
+                .collect();
+        }
+        let (bytes, _) = to_bytes(&proto, &q, None).unwrap();
+        assert_eq!(from_bytes(&bytes).unwrap().quantized, q);
     }
 
     #[test]

@@ -194,6 +194,17 @@ fn pow2(e: i32) -> f32 {
     2f64.powi(e) as f32
 }
 
+/// Per-group scales of AFP weights for an element unit `2^(t + k)`: times the real scales
+/// (`--scale real`) when the plan has them.
+fn afp_scales(lp: &LayerPlan, k: i32) -> Vec<f32> {
+    lp.weight
+        .offsets
+        .iter()
+        .enumerate()
+        .map(|(g, &t)| pow2(t + k) * lp.weight.scales.get(g).copied().unwrap_or(1.0))
+        .collect()
+}
+
 /// The weights of a layer in an ONNX type, or why there is none.
 fn typed_weights(lp: &LayerPlan, codes: &[u8], float4: bool) -> Result<Typed, String> {
     let nf: NumFormat = lp.weight.format;
@@ -219,7 +230,7 @@ fn typed_weights(lp: &LayerPlan, codes: &[u8], float4: bool) -> Result<Typed, St
                     return Ok(Typed {
                         qtype,
                         elements: codes.iter().map(|&c| c as u16).collect(),
-                        scales: lp.weight.offsets.iter().map(|&t| pow2(t + k)).collect(),
+                        scales: afp_scales(lp, k),
                     });
                 }
             }
@@ -250,7 +261,7 @@ fn typed_weights(lp: &LayerPlan, codes: &[u8], float4: bool) -> Result<Typed, St
             Ok(Typed {
                 qtype,
                 elements,
-                scales: lp.weight.offsets.iter().map(|&t| pow2(t - m)).collect(),
+                scales: afp_scales(lp, -m),
             })
         }
     }

@@ -122,8 +122,13 @@ fn weight_integers(
                 .iter()
                 .map(|&c| lut[c as usize & (f.code_count() - 1)])
                 .collect();
+            // A real scale (`--scale real`) joins the power of two in the epilogue's factor.
+            let real = |g: usize| lp.weight.scales.get(g).map_or(1.0, |&s| s as f64);
             let scale = (0..channels)
-                .map(|r| 2f64.powi(lp.weight.offsets[per_group(r)] - f.man_bits() as i32))
+                .map(|r| {
+                    let g = per_group(r);
+                    2f64.powi(lp.weight.offsets[g] - f.man_bits() as i32) * real(g)
+                })
                 .collect();
             Ok((ints, bound as u32, scale))
         }
@@ -345,7 +350,9 @@ fn lookup_layer(
                         ));
                     }
                 }
-                row_scale.push(s);
+                // Times a real scale: `(table * 2^(t - t0)) * real` rounds the same real
+                // number as the simulated `decode_t * real`, as the power of two is exact.
+                row_scale.push(s * lp.weight.scales.get(group_of(r)).copied().unwrap_or(1.0));
             }
             (table, row_scale)
         }

@@ -82,7 +82,8 @@ pub struct WeightPlan {
     /// AFP: one power-of-two offset per group.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub offsets: Vec<i32>,
-    /// INT: one real scale per group (value = scale * integer).
+    /// INT: one real scale per group (value = scale * integer). AFP with `--scale real`: one
+    /// real factor per group on top of the offset (value = scale * level); empty otherwise.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scales: Vec<f32>,
 }

@@ -45,6 +45,9 @@ pub struct QuantizeOptions {
     /// With sensitivity allocation: how many (layer, width) pairs to quantize alone and
     /// measure, to check the predicted cost against the measured KL.
     pub check_proxy: usize,
+    /// AFP weights get a real scale per group on top of their power-of-two offsets
+    /// ([`weights::with_real_scales`]); `false`: offsets only (the paper's).
+    pub real_scales: bool,
 }
 
 /// What a layer input's format and offset minimize.
@@ -212,10 +215,21 @@ pub fn plan_layers_probed(
             };
             ws.iter()
                 .map(|&b| {
-                    search::best_weights(&views[i], Some(&stats[i]), b, &o.search)
-                        .map_err(|e| format!("layer {}: {e}", g.nodes[layers[i]].name))
+                    let c = search::best_weights(&views[i], Some(&stats[i]), b, &o.search)?;
+                    if !o.real_scales {
+                        return Ok(c);
+                    }
+                    let (plan, decoded) = weights::with_real_scales(&views[i], c.plan, c.decoded)?;
+                    let sqnr_db = Some(weights::sqnr_db(&views[i].data, &decoded));
+                    Ok(search::WeightChoice {
+                        plan,
+                        decoded,
+                        sqnr_db,
+                        ..c
+                    })
                 })
                 .collect::<Result<Vec<_>, String>>()
+                .map_err(|e| format!("layer {}: {e}", g.nodes[layers[i]].name))
         })
         .collect::<Result<_, _>>()?;
     let params: Vec<usize> = views.iter().map(|v| v.data.len()).collect();

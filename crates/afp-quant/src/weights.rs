@@ -167,7 +167,19 @@ fn plan_layout(p: &WeightPlan, channels: usize, reduction: usize) -> Result<Grou
     let layout = GroupLayout::new(gran, &[channels, reduction], channels * reduction)
         .map_err(|e| e.to_string())?;
     let n = match p.format.format() {
-        Some(_) => p.offsets.len(),
+        Some(_) => {
+            if !p.scales.is_empty() && p.scales.len() != p.offsets.len() {
+                return Err(format!(
+                    "{} real scales for {} offsets",
+                    p.scales.len(),
+                    p.offsets.len()
+                ));
+            }
+            if let Some(s) = p.scales.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+                return Err(format!("real scale {s} is not finite and positive"));
+            }
+            p.offsets.len()
+        }
         None => p.scales.len(),
     };
     if n != layout.groups() {
@@ -178,6 +190,61 @@ fn plan_layout(p: &WeightPlan, channels: usize, reduction: usize) -> Result<Grou
         ));
     }
     Ok(layout)
+}
+
+/// Candidates of a real scale on top of a power-of-two offset: `2^(j/16)`, `j = -16..=16`
+/// (the grids between the offsets below and above, 1 among them).
+const REAL_SCALE_STEPS: i32 = 16;
+
+/// An AFP plan entry with a real scale per group on top of its offsets (`--scale real`): each
+/// group's scale is the candidate `2^(j/16)`, `|j| <= 16`, whose grid gives the least squared
+/// error under nearest rounding (1, the plain offset, is a candidate, so the error never
+/// grows). Returns the plan and the decoded weights. INT plans are returned as they are.
+pub fn with_real_scales(
+    w: &WeightView,
+    p: WeightPlan,
+    decoded: Vec<f32>,
+) -> Result<(WeightPlan, Vec<f32>), String> {
+    let Some(f) = p.format.format() else {
+        return Ok((p, decoded));
+    };
+    let layout = plan_layout(&p, w.channels, w.reduction)?;
+    let mut scales = Vec::with_capacity(p.offsets.len());
+    let mut out = decoded;
+    for (gi, &t) in p.offsets.iter().enumerate() {
+        let r = layout.group_range(gi);
+        let grid = Grid::new(f, t).map_err(|e| e.to_string())?;
+        let x = &w.data[r.clone()];
+        let mut buf = vec![0f32; x.len()];
+        // The group rounded on the grid scaled by `s` (bulk encoder), into `buf`.
+        let rounded = |s: f32, buf: &mut [f32]| -> Result<(), String> {
+            buf.iter_mut().zip(x).for_each(|(b, &v)| *b = v / s);
+            grid.quantize_slice(buf).map_err(|e| e.to_string())?;
+            buf.iter_mut().for_each(|b| *b *= s);
+            Ok(())
+        };
+        let sq_err = |buf: &[f32]| -> f64 {
+            buf.iter()
+                .zip(x)
+                .map(|(&q, &v)| ((q - v) as f64).powi(2))
+                .sum()
+        };
+        let mut best = (f64::INFINITY, 1.0f32);
+        for j in -REAL_SCALE_STEPS..=REAL_SCALE_STEPS {
+            let s = 2f32.powf(j as f32 / REAL_SCALE_STEPS as f32);
+            rounded(s, &mut buf)?;
+            let e = sq_err(&buf);
+            // On a tie the plain offset (j = 0) wins.
+            if e < best.0 || (e == best.0 && j == 0) {
+                best = (e, s);
+            }
+        }
+        let s = best.1;
+        rounded(s, &mut buf)?;
+        out[r].copy_from_slice(&buf);
+        scales.push(s);
+    }
+    Ok((WeightPlan { scales, ..p }, out))
 }
 
 /// The codes (one per weight, `[channels, reduction]` layout) of weights that lie on their
@@ -195,10 +262,15 @@ pub fn encode_decoded(
         Some(f) => {
             for (gi, &t) in p.offsets.iter().enumerate() {
                 let r = layout.group_range(gi);
-                Grid::new(f, t)
-                    .map_err(|e| e.to_string())?
-                    .encode_slice(&decoded[r.clone()], &mut codes[r])
-                    .map_err(|e| e.to_string())?;
+                let grid = Grid::new(f, t).map_err(|e| e.to_string())?;
+                let res = match p.scales.get(gi) {
+                    Some(&s) => {
+                        let unscaled: Vec<f32> = decoded[r.clone()].iter().map(|v| v / s).collect();
+                        grid.encode_slice(&unscaled, &mut codes[r])
+                    }
+                    None => grid.encode_slice(&decoded[r.clone()], &mut codes[r]),
+                };
+                res.map_err(|e| e.to_string())?;
             }
         }
         None => {
@@ -243,7 +315,10 @@ pub fn decode_codes(
             for (gi, &t) in p.offsets.iter().enumerate() {
                 let r = layout.group_range(gi);
                 let grid = Grid::new(f, t).map_err(|e| format!("group {gi}: {e}"))?;
-                Lut::new(&grid).decode_slice(&codes[r.clone()], &mut out[r]);
+                Lut::new(&grid).decode_slice(&codes[r.clone()], &mut out[r.clone()]);
+                if let Some(&s) = p.scales.get(gi) {
+                    out[r].iter_mut().for_each(|v| *v *= s);
+                }
             }
         }
         None => {
@@ -400,21 +475,30 @@ pub fn channel_rounder(
     };
     enum Rule {
         Afp(Vec<Grid>),
+        /// AFP grids with a real scale on top.
+        AfpScaled(Vec<Grid>, Vec<f32>),
         Int(Vec<f32>, f32),
     }
     let rule = match p.format.format() {
-        Some(f) => Rule::Afp(
-            p.offsets
+        Some(f) => {
+            let grids = p
+                .offsets
                 .iter()
                 .map(|&t| Grid::new(f, t).map_err(|e| e.to_string()))
-                .collect::<Result<_, _>>()?,
-        ),
+                .collect::<Result<_, _>>()?;
+            if p.scales.is_empty() {
+                Rule::Afp(grids)
+            } else {
+                Rule::AfpScaled(grids, p.scales.clone())
+            }
+        }
         None => Rule::Int(p.scales.clone(), ((1i32 << (p.format.bits - 1)) - 1) as f32),
     };
     Ok(move |c: usize, v: f32| {
         let g = if per_channel { c } else { 0 };
         match &rule {
             Rule::Afp(grids) => grids[g].quantize_finite(v),
+            Rule::AfpScaled(grids, s) => grids[g].quantize_finite(v / s[g]) * s[g],
             Rule::Int(scales, qmax) => int_level(v, scales[g], *qmax),
         }
     })
@@ -437,6 +521,53 @@ mod tests {
         let mut q2 = vec![0f32; x.len()];
         int_round(&x, 8.0 / 7.0, 4, &mut q2);
         assert!(relative_mse(&x, &q) < relative_mse(&x, &q2));
+    }
+
+    /// Real scales never raise the weight error, stay within a factor 2 of the offset, and
+    /// the codes they give decode (and round under GPTQ's rounder) to the same values.
+    #[test]
+    fn real_scales_lower_the_error_and_round_trip() {
+        let (channels, reduction) = (6, 200);
+        let data: Vec<f32> = (0..channels * reduction)
+            .map(|i| ((i as f32 * 0.377).sin() * (1.0 + (i / reduction) as f32)).powi(3))
+            .collect();
+        let w = WeightView {
+            data,
+            channels,
+            reduction,
+            transposed: false,
+            shape: vec![channels, reduction],
+        };
+        let fmt = NumFormat::afp(afp_format::Format::signed(2, 1).unwrap());
+        let (p, dec) = quantize(&w, fmt, Granularity::PerChannel, OffsetRule::Mse).unwrap();
+        assert!(p.scales.is_empty());
+        let (pr, decr) = with_real_scales(&w, p.clone(), dec.clone()).unwrap();
+        assert_eq!(pr.offsets, p.offsets);
+        assert_eq!(pr.scales.len(), channels);
+        assert!(pr.scales.iter().all(|&s| (0.5..=2.0).contains(&s)));
+        assert!(pr.scales.iter().any(|&s| s != 1.0), "{:?}", pr.scales);
+        let err = |d: &[f32]| relative_mse(&w.data, d);
+        assert!(err(&decr) < err(&dec), "{} vs {}", err(&decr), err(&dec));
+        let codes = encode_decoded(&pr, &decr, channels, reduction).unwrap();
+        assert_eq!(
+            decode_codes(&pr, &codes, channels, reduction).unwrap(),
+            decr
+        );
+        let round = channel_rounder(&pr, channels, reduction).unwrap();
+        for (i, &v) in decr.iter().enumerate() {
+            assert_eq!(round(i / reduction, v), v, "weight {i}");
+        }
+        // Bad scales are errors, not silent grids.
+        let bad = WeightPlan {
+            scales: vec![1.0; channels - 1],
+            ..pr.clone()
+        };
+        assert!(decode_codes(&bad, &codes, channels, reduction).is_err());
+        let bad = WeightPlan {
+            scales: vec![0.0; channels],
+            ..pr
+        };
+        assert!(decode_codes(&bad, &codes, channels, reduction).is_err());
     }
 
     #[test]

@@ -105,6 +105,11 @@ pub struct QuantArgs {
     /// values) or output (squared error of the layer's output on sampled input vectors).
     #[arg(long, default_value = "mse")]
     pub act_objective: String,
+    /// AFP weight scales: po2 (a power-of-two offset per channel, the paper's: the integer
+    /// kernels need no multiply for it) or real (a real factor per channel on top, chosen by
+    /// weight error among 2^(j/16), |j| <= 16; one multiply per output in the epilogue).
+    #[arg(long, default_value = "po2")]
+    pub scale: String,
 }
 
 #[derive(clap::Args)]
@@ -229,6 +234,11 @@ impl QuantArgs {
                 .parse::<afp_quant::Allocation>()
                 .map_err(anyhow::Error::msg)?,
             check_proxy: self.check_proxy,
+            real_scales: match self.scale.as_str() {
+                "po2" => false,
+                "real" => true,
+                s => bail!("--scale is po2 or real, not {s:?}"),
+            },
             act_objective: self
                 .act_objective
                 .parse::<afp_quant::ActObjective>()
@@ -244,7 +254,7 @@ impl QuantArgs {
             "granularity": self.granularity, "objective": self.objective, "penalty": self.penalty,
             "offset": self.offset, "act_format": self.act_format, "zero_mode": self.zero_mode, "int8_kernels": self.int8_kernels,
             "keep_first_last": self.keep_first_last, "bias_correct": self.bias_correct, "calib": self.calib,
-            "search": self.search, "fold_bn": self.fold_bn, "rounding": self.rounding,
+            "search": self.search, "fold_bn": self.fold_bn, "rounding": self.rounding, "scale": self.scale,
             "gptq_damp": (self.rounding == "gptq").then_some(self.gptq_damp),
             "allocate": w.avg_bits.is_some().then_some(&self.allocate),
             "act_objective": (self.acts != "none").then_some(&self.act_objective),

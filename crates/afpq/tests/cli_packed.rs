@@ -161,3 +161,49 @@ fn int8_kernel_budget_skips_widths_without_formats() {
     let b = bench_briefly(&afp);
     assert_eq!(b["engine"], "packed");
 }
+
+/// `--scale real` puts a real factor per channel on top of each AFP offset: the report lists
+/// them, and the packed engine (the integer kernels multiply it into their epilogue factor)
+/// agrees with the simulated one. Not bit for bit: the simulation's products of real-scaled
+/// weights are rounded in f32, the integer sums are exact.
+#[test]
+fn real_scales_run_packed_and_are_reported() {
+    let dir = tmp("packed-real");
+    let afp = dir.join("r.afp").display().to_string();
+    quantize(&afp, &["--acts", "8", "--scale", "real"]);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("r.report.json")).unwrap()).unwrap();
+    assert_eq!(report["options"]["scale"], "real");
+    for l in report["layers"].as_array().unwrap() {
+        let (offsets, scales) = (
+            l["offsets"].as_array().unwrap(),
+            l["scales"].as_array().unwrap(),
+        );
+        assert_eq!(offsets.len(), scales.len(), "{}", l["node"]);
+        assert!(scales
+            .iter()
+            .all(|s| (0.5..=2.0).contains(&s.as_f64().unwrap())));
+    }
+    let v = bench_briefly(&afp);
+    assert_eq!(v["engine"], "packed");
+    assert!(v["kernels"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .all(|k| !k.starts_with("lookup")));
+    let imgs = images();
+    let packed = common::top5(&afp, &card(), "packed", &imgs);
+    let simulated = common::top5(&afp, &card(), "simulated", &imgs);
+    let same = packed
+        .iter()
+        .zip(&simulated)
+        .filter(|(p, s)| p[0].0 == s[0].0)
+        .count();
+    assert!(same >= 97, "top-1 agrees on {same} of 100 images");
+    let card = card();
+    let out = common::afpq(&[
+        "quantize", "--card", &card, "-o", &afp, "--bits", "5", "--scale", "exact",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--scale is po2 or real"));
+}
