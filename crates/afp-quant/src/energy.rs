@@ -16,7 +16,8 @@
 //!   ([`afp_mac`]); each input is encoded to its AFP format once (a shift and a rounding
 //!   add), with no de-quantization (the scale is a power of two); weights and activations
 //!   move at their bit-widths. A layer without activation quantization computes in FP32 on
-//!   FP32 inputs; INT weights (real scales) add a de-quantization per output.
+//!   FP32 inputs; INT weights (real scales), and AFP weights with `--scale real`, add a
+//!   de-quantization per output.
 //!
 //! Multiply-accumulate nodes that are not in the plan count as FP32 in every scheme; other
 //! ops (pooling, residual adds, activations, bias adds) are not counted.
@@ -402,9 +403,11 @@ pub fn afp(
     let ao = Operand::of(a);
     // Encoding an input to its format: a shift to the integer view and a rounding add.
     let encode = t.adder(ao.int) + t.adder(ao.sig);
-    // INT weights have real scales: their outputs are de-quantized like INT8 dynamic ones.
+    // Real scales (INT weights, AFP with `--scale real`): each output is de-quantized like an
+    // INT8 dynamic one; power-of-two offsets need no multiply.
     let dequantize = match lp.weight.format.name {
         FormatName::Int { .. } => t.fp32_mult + t.fp32_add,
+        FormatName::Afp { .. } if !lp.weight.scales.is_empty() => t.fp32_mult + t.fp32_add,
         FormatName::Afp { .. } => 0.0,
     };
     let abits = act.format.bits;
@@ -778,6 +781,19 @@ mod tests {
             &r.layers[0].afp,
             [113.4, 1.92 + 220.8, 4320.0, 540.0, 10240.0, 1080.0],
         );
+        // AFP weights with a real scale on the offset (`--scale real`): the same
+        // de-quantization per output (48 * 4.6) on top of the plain AFP layer's conversions.
+        let afp = |scales: Vec<f32>| {
+            let mut lp = conv_plan(
+                NumFormat::afp(Format::signed(2, 2).unwrap()),
+                Some(Format::unsigned(0, 8).unwrap()),
+            );
+            lp.weight.scales = scales;
+            estimate(&graph(), &[lp], &t).unwrap().layers[0]
+                .afp
+                .convert_pj
+        };
+        assert!((afp(vec![0.8]) - afp(vec![]) - 220.8).abs() < 1e-9);
     }
 
     #[test]

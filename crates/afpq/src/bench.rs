@@ -33,8 +33,9 @@ pub struct Args {
     profile: bool,
     #[command(flatten)]
     out: common::OutputArgs,
-    /// How a .afp model is computed: packed integer kernels where every layer has one
-    /// (auto), packed only, or simulated (f32 kernels on decoded weights).
+    /// How a .afp model is computed: packed kernels (integer, or table lookup where the
+    /// integers fit no container) where every layer has one (auto), packed only, or simulated
+    /// (f32 kernels on decoded weights).
     #[arg(long, value_enum, default_value = "auto")]
     engine: crate::engine_run::Engine,
 }

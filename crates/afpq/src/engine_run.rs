@@ -172,7 +172,7 @@ pub fn read_afp(path: &std::path::Path) -> Result<afp_quant::afpfile::AfpFile> {
 }
 
 /// A classifier for a model file: an ONNX model, or a `.afp` file computed by `engine`
-/// (packed integer kernels, or simulated: weights decoded from their codes, layer inputs
+/// (packed kernels on the codes, or simulated: weights decoded from their codes, layer inputs
 /// rounded to their formats).
 pub fn open(path: &std::path::Path, threads: usize, engine: Engine) -> Result<Classifier> {
     if path.extension().is_some_and(|e| e == "afp") {

@@ -14,8 +14,9 @@ pub struct Args {
     run: RunArgs,
     #[command(flatten)]
     out: OutputArgs,
-    /// How a .afp model is computed: packed integer kernels, or simulated (f32 kernels on
-    /// decoded weights, inputs rounded to their grids); auto: packed where possible.
+    /// How a .afp model is computed: packed kernels (integer, or table lookup), or simulated
+    /// (f32 kernels on decoded weights, inputs rounded to their grids); auto: packed where
+    /// possible.
     #[arg(long, value_enum, default_value = "simulated")]
     engine: crate::engine_run::Engine,
 }

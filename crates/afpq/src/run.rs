@@ -20,8 +20,9 @@ pub struct Args {
     /// runtime can be given exactly the same input.
     #[arg(long)]
     save_input: Option<PathBuf>,
-    /// How a .afp model is computed: packed integer kernels where every layer has one
-    /// (auto), packed only, or simulated (f32 kernels on decoded weights).
+    /// How a .afp model is computed: packed kernels (integer, or table lookup where the
+    /// integers fit no container) where every layer has one (auto), packed only, or simulated
+    /// (f32 kernels on decoded weights).
     #[arg(long, value_enum, default_value = "auto")]
     engine: crate::engine_run::Engine,
 }
