@@ -155,7 +155,8 @@ pub fn run(a: &Args) -> Result<()> {
     Ok(())
 }
 
-/// The texts of a plan layer's offsets (`-5..-3`, or `scales` for INT), weight SQNR and
+/// The texts of a plan layer's offsets (`-5..-3`, `-5..-3 x s` with real scales on top, or
+/// `scales` for INT), weight SQNR and
 /// input format (`uE2M6@1`; `None` when the input is not quantized), as the tables show them.
 pub struct LayerCells {
     pub offsets: String,
@@ -166,10 +167,17 @@ pub struct LayerCells {
 impl LayerCells {
     pub fn of(l: &afp_quant::plan::LayerPlan) -> LayerCells {
         LayerCells {
-            offsets: match (l.weight.offsets.iter().min(), l.weight.offsets.iter().max()) {
-                (Some(lo), Some(hi)) if lo == hi => format!("{lo}"),
-                (Some(lo), Some(hi)) => format!("{lo}..{hi}"),
-                _ => "scales".to_string(),
+            offsets: {
+                let real = if l.weight.scales.is_empty() {
+                    ""
+                } else {
+                    " x s"
+                };
+                match (l.weight.offsets.iter().min(), l.weight.offsets.iter().max()) {
+                    (Some(lo), Some(hi)) if lo == hi => format!("{lo}{real}"),
+                    (Some(lo), Some(hi)) => format!("{lo}..{hi}{real}"),
+                    _ => "scales".to_string(),
+                }
             },
             sqnr: l
                 .weight_sqnr_db
@@ -204,6 +212,7 @@ fn inspect_afp(a: &Args) -> Result<()> {
                 "format": l.weight.format.label(), "bits": l.weight.format.bits,
                 "granularity": l.weight.granularity,
                 "offset_min": l.weight.offsets.iter().min(), "offset_max": l.weight.offsets.iter().max(),
+                "real_scales": !l.weight.offsets.is_empty() && !l.weight.scales.is_empty(),
                 "weight_sqnr_db": l.weight_sqnr_db,
                 "act_format": l.act.as_ref().map(|x| x.format.label()),
                 "act_offset": l.act.as_ref().map(|x| x.offset),
@@ -249,13 +258,13 @@ fn inspect_afp(a: &Args) -> Result<()> {
             .unwrap_or_default()
     );
     println!(
-        "  {:<48} {:>9} {:>8} {:>8} {:>9} {:>9}",
+        "  {:<48} {:>9} {:>8} {:>12} {:>9} {:>9}",
         "layer", "params", "format", "offsets", "SQNR dB", "input"
     );
     for l in &plan.layers {
         let c = LayerCells::of(l);
         println!(
-            "  {:<48} {:>9} {:>8} {:>8} {:>9} {:>9}",
+            "  {:<48} {:>9} {:>8} {:>12} {:>9} {:>9}",
             common::short_name(&l.node, 48),
             l.params,
             l.weight.format.label(),

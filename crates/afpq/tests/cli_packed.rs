@@ -184,6 +184,12 @@ fn real_scales_run_packed_and_are_reported() {
             .iter()
             .all(|s| (0.5..=2.0).contains(&s.as_f64().unwrap())));
     }
+    let v = json(&["inspect", &afp, "--json"]);
+    let layers = v["layers"].as_array().unwrap();
+    assert!(
+        layers.iter().all(|l| l["real_scales"] == true),
+        "{layers:?}"
+    );
     let v = bench_briefly(&afp);
     assert_eq!(v["engine"], "packed");
     assert!(v["kernels"]
