@@ -186,6 +186,7 @@ fn real_scales_run_packed_and_are_reported() {
     }
     let v = json(&["inspect", &afp, "--json"]);
     let layers = v["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 10);
     assert!(
         layers.iter().all(|l| l["real_scales"] == true),
         "{layers:?}"
