@@ -289,9 +289,7 @@ impl Graph {
     pub fn node_macs(&self, node: &Node) -> u64 {
         let out = self.values[node.output].numel() as u64;
         match &node.op {
-            Op::Conv { conv, .. } | Op::ConvAdd { conv, .. } => {
-                out * (conv.c_in / conv.group * conv.kh * conv.kw) as u64
-            }
+            Op::Conv { conv, .. } | Op::ConvAdd { conv, .. } => out * conv.depth() as u64,
             Op::Gemm { trans_a, .. } => {
                 let a = &self.values[node.inputs[0]].shape;
                 let k = if *trans_a { a[0] } else { a[1] };
@@ -301,13 +299,8 @@ impl Graph {
                 let a = &self.values[node.inputs[0]].shape;
                 out * *a.last().unwrap_or(&1) as u64
             }
-            Op::QConv(q) | Op::QConvAdd { q, .. } => {
-                out * (q.conv.c_in / q.conv.group * q.conv.kh * q.conv.kw) as u64
-            }
-            Op::LookupConv(q) => {
-                let c = q.conv();
-                out * (c.c_in / c.group * c.kh * c.kw) as u64
-            }
+            Op::QConv(q) | Op::QConvAdd { q, .. } => out * q.conv.depth() as u64,
+            Op::LookupConv(q) => out * q.conv().depth() as u64,
             Op::QGemm(q) => out * q.depth() as u64,
             Op::LookupGemm(q) => out * q.depth() as u64,
             _ => 0,

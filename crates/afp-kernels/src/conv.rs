@@ -86,6 +86,12 @@ impl Conv2d {
         )
     }
 
+    /// Multiply-adds per output element: `c_in / group * kh * kw` (0 for group 0, which
+    /// [`Conv2d::run`] rejects).
+    pub fn depth(&self) -> usize {
+        self.c_in.checked_div(self.group).unwrap_or(0) * self.kh * self.kw
+    }
+
     pub(crate) fn is_depthwise(&self) -> bool {
         self.group > 1 && self.group == self.c_in && self.c_out.is_multiple_of(self.c_in)
     }
@@ -129,8 +135,7 @@ impl Conv2d {
         out: &mut [f32],
         scratch: &mut Vec<f32>,
     ) {
-        let kk = self.c_in / self.group.max(1) * self.kh * self.kw;
-        let weight = Lhs::F32(weight, MatLayout::row_major(kk));
+        let weight = Lhs::F32(weight, MatLayout::row_major(self.depth()));
         self.run_lhs(n, h, w, input, weight, bias, residual, act, out, scratch)
     }
 

@@ -21,8 +21,8 @@ pub struct CodedWeights {
     rows: usize,
     cols: usize,
     codes: Vec<u8>,
-    /// 256 entries: every byte decodes (codes a format does not use decode to 0).
-    table: Vec<f32>,
+    /// Every byte decodes (codes a format does not use decode to 0).
+    table: Box<[f32; 256]>,
     row_scale: Vec<f32>,
 }
 
@@ -52,7 +52,7 @@ impl CodedWeights {
                 row_scale.len()
             ));
         }
-        let mut full = vec![0.0f32; 256];
+        let mut full = Box::new([0.0f32; 256]);
         full[..table.len()].copy_from_slice(table);
         Ok(Self {
             rows,
@@ -98,8 +98,7 @@ impl CodedWeights {
 pub(crate) struct CodedRows<'a> {
     pub codes: &'a [u8],
     pub k: usize,
-    /// 256 entries.
-    pub table: &'a [f32],
+    pub table: &'a [f32; 256],
     pub row_scale: &'a [f32],
 }
 
@@ -123,9 +122,8 @@ impl CodedRows<'_> {
     pub fn decode_row(&self, r: usize, c0: usize, dst: &mut [f32]) {
         let s = self.row_scale[r];
         let codes = &self.codes[r * self.k + c0..][..dst.len()];
-        let table: &[f32; 256] = self.table.try_into().expect("256-entry table");
         for (d, &c) in dst.iter_mut().zip(codes) {
-            *d = table[c as usize] * s;
+            *d = self.table[c as usize] * s;
         }
     }
 
@@ -166,7 +164,7 @@ impl LookupConv {
         bias: Option<Vec<f32>>,
         act: Activation,
     ) -> Result<Self, String> {
-        let k = conv.c_in / conv.group.max(1) * conv.kh * conv.kw;
+        let k = conv.depth();
         if conv.group == 0 || weights.rows != conv.c_out || weights.cols != k {
             return Err(format!(
                 "coded weights of {} x {} for a convolution of {} outputs and depth {k}",
@@ -258,8 +256,7 @@ pub struct LookupGemm {
     act: Activation,
 }
 
-/// Output features decoded per task: a block of rows stays in L1/L2 while every input row
-/// passes over it.
+/// Output features per task (each decoded one row at a time, see [`LookupGemm::run`]).
 const GEMM_ROW_BLOCK: usize = 16;
 
 impl LookupGemm {
@@ -288,10 +285,6 @@ impl LookupGemm {
 
     pub fn depth(&self) -> usize {
         self.weights.cols
-    }
-
-    pub fn outputs(&self) -> usize {
-        self.weights.rows
     }
 
     pub fn act(&self) -> Activation {

@@ -111,8 +111,7 @@ pub(crate) fn gemm_fused(
     match a {
         Lhs::F32(a, a_l) => gemm_fused_portable(m, n, k, a, a_l, b, b_l, c, ldc, epi, threads),
         Lhs::Coded(w) => {
-            assert_eq!(w.rows(), m, "sgemm: coded rows");
-            assert_eq!(w.k, k, "sgemm: coded depth");
+            check_lhs(a, m, k);
             with_decoded(w, |a| {
                 let a_l = MatLayout::row_major(k);
                 gemm_fused_portable(m, n, k, a, a_l, b, b_l, c, ldc, epi, threads)
@@ -189,12 +188,12 @@ fn span(rows: usize, cols: usize, rs: usize, cs: usize) -> usize {
         .expect("sgemm: layout overflows")
 }
 
-/// Panics unless `a` holds an `m x k` operand (`m, k > 0`).
+/// Panics unless `a` holds an `m x k` operand (f32: `m, k > 0`).
 fn check_lhs(a: Lhs, m: usize, k: usize) {
     match a {
         Lhs::F32(a, l) => assert!(span(m, k, l.rs, l.cs) <= a.len(), "sgemm: lhs too short"),
         Lhs::Coded(w) => assert!(
-            w.rows() == m && w.k == k && w.codes.len() == m * k && w.table.len() == 256,
+            w.rows() == m && w.k == k && w.codes.len() == m * k,
             "sgemm: coded lhs is not {m} x {k}"
         ),
     }
@@ -643,7 +642,6 @@ fn pack_a(a: &[f32], l: MatLayout, ic: usize, mc: usize, pc: usize, kc: usize, d
 /// As [`pack_a`], for coded rows: each value is decoded through the table as it is packed
 /// (the same f32 values as the decoded weights, so the products are the same).
 fn pack_a_coded(w: CodedRows, ic: usize, mc: usize, pc: usize, kc: usize, dst: &mut [f32]) {
-    let table: &[f32; 256] = w.table.try_into().expect("256-entry table");
     for (s, strip) in dst[..mc.div_ceil(MR) * MR * kc]
         .chunks_exact_mut(MR * kc)
         .enumerate()
@@ -658,7 +656,7 @@ fn pack_a_coded(w: CodedRows, ic: usize, mc: usize, pc: usize, kc: usize, dst: &
             std::array::from_fn(|i| if i < h { w.row_scale[i0 + i] } else { 0.0 });
         for (q, d) in strip.chunks_exact_mut(MR).enumerate() {
             for i in 0..MR {
-                d[i] = table[rows[i][q] as usize] * scale[i];
+                d[i] = w.table[rows[i][q] as usize] * scale[i];
             }
         }
     }

@@ -73,9 +73,7 @@ impl Calibrator {
             .map(|&k| {
                 let n = &g.nodes[k];
                 let (groups, k_len) = match &n.op {
-                    Op::Conv { conv, .. } => {
-                        (conv.group, conv.c_in / conv.group * conv.kh * conv.kw)
-                    }
+                    Op::Conv { conv, .. } => (conv.group, conv.depth()),
                     _ => (1, *g.values[n.inputs[0]].shape.last().unwrap_or(&1)),
                 };
                 let mut st = InputStats::new(groups, k_len);

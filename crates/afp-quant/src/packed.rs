@@ -175,7 +175,7 @@ pub fn pack(g: &Graph, q: &QuantizedModel) -> Result<PackedModel, String> {
         }
         // Gemm/MatMul: the plan's codes are [out features, k]; Conv: [c_out, c_in/g*kh*kw].
         let (channels, k) = match &node.op {
-            Op::Conv { conv, .. } => (conv.c_out, conv.c_in / conv.group * conv.kh * conv.kw),
+            Op::Conv { conv, .. } => (conv.c_out, conv.depth()),
             Op::Gemm { trans_a: true, .. } => {
                 return Err(what("Gemm with transA has no packed kernel".into()))
             }
