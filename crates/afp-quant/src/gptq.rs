@@ -79,6 +79,10 @@ impl Default for GptqOptions {
 /// cache while the rest of the matrix streams past it once.
 const BLOCK: usize = 64;
 
+/// Columns whose rounding errors [`Factor::round`] collects before updating the columns after
+/// them.
+const LAZY_COLS: usize = 64;
+
 /// The upper-triangular `U` with `Uᵀ U = H⁻¹` (what GPTQ's update uses), from a symmetric
 /// positive definite `H` (`k x k`, f64). With `J` the reversal, `J H J = L Lᵀ` (Cholesky)
 /// gives `H⁻¹ = (J L⁻¹ J)ᵀ (J L⁻¹ J)`, so `U = J L⁻¹ J`: one factorization and one
@@ -269,22 +273,40 @@ impl Factor {
                         };
                     }
                 }
-                let mut err = vec![0f64; nr];
+                // Lazy updates: the error of each column is pushed at once onto the rest of its
+                // block, and onto the columns after the block only when the block is done, so
+                // the tile streams from memory once per block instead of once per column. Each
+                // weight still receives its updates one column at a time in column order: the
+                // result is the unblocked algorithm's, bit for bit.
+                let mut errs = vec![0f64; LAZY_COLS * nr];
                 arch.dispatch(|| {
-                    for i in 0..k {
-                        let d = u[i * k + i];
-                        for r in 0..nr {
-                            let v = wt[i * nr + r];
-                            let q = round(r0 + r, v as f32);
-                            out_tile[r * k + perm[i]] = q;
-                            err[r] = (v - q as f64) / d;
-                        }
-                        let urow = &u[i * k..(i + 1) * k];
-                        for j in i + 1..k {
-                            let c = urow[j];
-                            let col = &mut wt[j * nr..(j + 1) * nr];
+                    for kb in (0..k).step_by(LAZY_COLS) {
+                        let e = (kb + LAZY_COLS).min(k);
+                        for i in kb..e {
+                            let d = u[i * k + i];
+                            let err = &mut errs[(i - kb) * nr..(i - kb + 1) * nr];
                             for r in 0..nr {
-                                col[r] -= err[r] * c;
+                                let v = wt[i * nr + r];
+                                let q = round(r0 + r, v as f32);
+                                out_tile[r * k + perm[i]] = q;
+                                err[r] = (v - q as f64) / d;
+                            }
+                            let urow = &u[i * k..(i + 1) * k];
+                            for j in i + 1..e {
+                                let c = urow[j];
+                                let col = &mut wt[j * nr..(j + 1) * nr];
+                                for r in 0..nr {
+                                    col[r] -= err[r] * c;
+                                }
+                            }
+                        }
+                        for j in e..k {
+                            let col = &mut wt[j * nr..(j + 1) * nr];
+                            for (i, err) in (kb..e).zip(errs.chunks_exact(nr)) {
+                                let c = u[i * k + j];
+                                for r in 0..nr {
+                                    col[r] -= err[r] * c;
+                                }
                             }
                         }
                     }
@@ -387,5 +409,41 @@ mod tests {
                 "act_order {act_order}: gptq {eg} vs nearest {en}"
             );
         }
+    }
+
+    /// The lazy block updates give the plain column-by-column algorithm's weights bit for bit,
+    /// with `k` spanning two whole blocks and a partial one and a partial last tile of rows.
+    #[test]
+    fn lazy_updates_equal_the_plain_algorithm() {
+        let (k, rows, n) = (2 * LAZY_COLS + 37, 35, 300);
+        let mut s = 5u64;
+        let x: Vec<f32> = (0..n * k).map(|_| lcg(&mut s)).collect();
+        let w: Vec<f32> = (0..rows * k).map(|_| lcg(&mut s)).collect();
+        let mut hs = Hessian::new(k);
+        hs.add(&x, n);
+        let grid = |r: usize, v: f32| {
+            let step = 0.125 * (1 + r % 3) as f32;
+            (v / step).round().clamp(-8.0, 7.0) * step
+        };
+        let f = Factor::new(&hs, GptqOptions::default()).unwrap();
+        let got = f.round(&w, rows, &grid).unwrap();
+        // The plain algorithm: each column's error onto every later column, in turn.
+        let Factor { perm, dead, u, .. } = &f;
+        let mut want = vec![0f32; rows * k];
+        for r in 0..rows {
+            let mut wr: Vec<f64> = perm
+                .iter()
+                .map(|&pj| if dead[pj] { 0.0 } else { w[r * k + pj] as f64 })
+                .collect();
+            for i in 0..k {
+                let q = grid(r, wr[i] as f32);
+                want[r * k + perm[i]] = q;
+                let err = (wr[i] - q as f64) / u[i * k + i];
+                for j in i + 1..k {
+                    wr[j] -= err * u[i * k + j];
+                }
+            }
+        }
+        assert_eq!(got, want);
     }
 }
