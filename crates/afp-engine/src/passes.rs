@@ -230,6 +230,56 @@ pub fn fuse_residual_add(g: &mut Graph) {
     compact(g, nodes);
 }
 
+/// Inference only, after [`fuse_residual_add`]: an integer convolution whose output is read
+/// by one other integer convolution alone, as its input, stores that output as the reader's
+/// u8 input codes (channel quads, in the bytes of the f32 tensor's buffer), and the reader
+/// takes them as they are: the encoding of the next layer's input fused into the epilogue.
+/// The same bits reach the reader; the tensor in between holds codes, not f32 values, so
+/// nothing else may read it (a graph output or a second reader keeps it f32).
+pub fn fuse_quad_handover(g: &mut Graph) {
+    use std::sync::Arc;
+    let uses = g.use_counts();
+    for p in 0..g.nodes.len() {
+        let v = g.nodes[p].output;
+        let Some(c) = sole_consumer(g, &uses, v) else {
+            continue;
+        };
+        if g.nodes[c].inputs.iter().position(|&x| x == v) != Some(0) {
+            continue;
+        }
+        let (reader, reader_act) = match &g.nodes[c].op {
+            Op::QConv(q) => (q.clone(), None),
+            Op::QConvAdd { q, act } => (q.clone(), Some(*act)),
+            _ => continue,
+        };
+        let Some((enc, zero)) = reader.quads_input() else {
+            continue;
+        };
+        if !afp_kernels::quads_fit(&g.values[v].shape) {
+            continue;
+        }
+        let writer = match &g.nodes[p].op {
+            Op::QConv(q) => q.writing_quads(enc, zero).map(|q| Op::QConv(Arc::new(q))),
+            Op::QConvAdd { q, act } => q.writing_quads(enc, zero).map(|q| Op::QConvAdd {
+                q: Arc::new(q),
+                act: *act,
+            }),
+            _ => continue,
+        };
+        let (Ok(writer), Ok(reader)) = (writer, reader.reading_quads()) else {
+            continue;
+        };
+        g.nodes[p].op = writer;
+        g.nodes[c].op = match reader_act {
+            None => Op::QConv(Arc::new(reader)),
+            Some(act) => Op::QConvAdd {
+                q: Arc::new(reader),
+                act,
+            },
+        };
+    }
+}
+
 fn add_const(g: &mut Graph, name: String, c: Const) -> ValueId {
     g.values.push(crate::ir::Value {
         name,

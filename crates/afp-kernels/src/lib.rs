@@ -28,7 +28,7 @@ pub use conv::Conv2d;
 pub use lookup::{CodedWeights, LookupConv, LookupGemm};
 pub use matmul::{gemm, GemmBias};
 pub use pool::{global_avg_pool, Pool2d};
-pub use qconv::{ActEncoder, QConv, QGemm, QScratch};
+pub use qconv::{quads_fit, ActEncoder, QConv, QGemm, QScratch};
 
 #[doc(hidden)]
 pub use matmul::{matmul, threads_for, MatLayout};

@@ -9,8 +9,8 @@ use std::cell::RefCell;
 
 use crate::conv::{valid_range, Conv2d};
 use crate::qgemm::{
-    compute, ActInt, Epilogue, I16Kernel, Int, OutPtr, PackedA, PackedWeights, Panels, U8I8Bounds,
-    U8I8Kernel, MR, NR,
+    compute, ActInt, Epilogue, I16Kernel, Int, OutPtr, PackedA, PackedWeights, Panels, QuadStore,
+    U8I8Bounds, U8I8Kernel, MR, NR,
 };
 use crate::Activation;
 
@@ -62,6 +62,26 @@ impl ActEncoder {
         // SAFETY: c is finite and within [-max, max], max <= i32::MAX (checked in `new`).
         // (The checked `as` cast keeps the loop from vectorizing.)
         unsafe { c.to_int_unchecked::<i32>() }
+    }
+
+    /// [`ActEncoder::encode_uniform`] of 8 values, plus `zero`, in registers: the clamp, the
+    /// rounding (`cvtps` rounds half to even, as [`round_even_small`]) and NaN to `+max`.
+    /// The grid must be uniform ([`ActEncoder::is_uniform`]).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    pub(crate) fn encode_uniform_avx2(
+        &self,
+        x: std::arch::x86_64::__m256,
+        zero: u8,
+    ) -> std::arch::x86_64::__m256i {
+        use std::arch::x86_64::*;
+        let lo = _mm256_set1_ps(if self.signed { -self.max as f32 } else { 0.0 });
+        let hi = _mm256_set1_ps(self.max as f32);
+        let a = _mm256_mul_ps(x, _mm256_set1_ps(self.inv_unit));
+        let below = _mm256_cmp_ps::<_CMP_LT_OQ>(a, hi);
+        let c = _mm256_blendv_ps(hi, _mm256_max_ps(a, lo), below);
+        _mm256_add_epi32(_mm256_cvtps_epi32(c), _mm256_set1_epi32(zero as i32))
     }
 
     #[inline]
@@ -141,13 +161,31 @@ enum QWeights {
 #[derive(Debug, Clone)]
 pub struct QConv {
     pub conv: Conv2d,
-    weights: QWeights,
+    /// Shared by the copies that differ in how they pass activations (see
+    /// [`QConv::writing_quads`]).
+    weights: std::sync::Arc<QWeights>,
     enc: ActEncoder,
     mult: Vec<f32>,
     bias: Option<Vec<f32>>,
     /// A per-channel scale and shift after the bias (see [`QConv::with_affine`]).
     affine: Option<(Vec<f32>, Vec<f32>)>,
     pub act: Activation,
+    /// The input tensor holds this layer's u8 channel quads, not f32 (see
+    /// [`QConv::reading_quads`]).
+    quads_in: bool,
+    /// The output is stored as the next layer's u8 channel quads: its encoder and zero shift.
+    quads_out: Option<(ActEncoder, u8)>,
+}
+
+/// Whether a tensor of shape `[n, c, h, w]`, as f32, has room for its u8 channel quads and
+/// the panel of slack the kernels read past them: the space a producer writing quads
+/// ([`QConv::writing_quads`]) finds in its f32 output buffer.
+pub fn quads_fit(shape: &[usize]) -> bool {
+    let [n, c, h, w] = shape else {
+        return false;
+    };
+    let quads = n * c.div_ceil(4) * 4 * h * w;
+    quads + NR * 4 <= 4 * n * c * h * w
 }
 
 /// Chooses the activation storage for a layer of depth `k` and weights up to `w_max`.
@@ -204,6 +242,8 @@ trait BlockBuf: ActInt {
     fn as_u8(s: &[Self]) -> Option<&[u8]>;
     /// The same, writable (the u8 path's register encoder).
     fn as_u8_mut(s: &mut [Self]) -> Option<&mut [u8]>;
+    /// Bytes as these values (quads written by the producer: u8 only).
+    fn from_u8(s: &[u8]) -> Option<&[Self]>;
 }
 impl BlockBuf for u8 {
     fn with_block<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
@@ -215,6 +255,9 @@ impl BlockBuf for u8 {
     fn as_u8_mut(s: &mut [u8]) -> Option<&mut [u8]> {
         Some(s)
     }
+    fn from_u8(s: &[u8]) -> Option<&[u8]> {
+        Some(s)
+    }
 }
 impl BlockBuf for i16 {
     fn with_block<R>(f: impl FnOnce(&mut Vec<i16>) -> R) -> R {
@@ -224,6 +267,9 @@ impl BlockBuf for i16 {
         None
     }
     fn as_u8_mut(_: &mut [i16]) -> Option<&mut [u8]> {
+        None
+    }
+    fn from_u8(_: &[u8]) -> Option<&[i16]> {
         None
     }
 }
@@ -363,13 +409,61 @@ impl QConv {
         };
         Ok(QConv {
             conv,
-            weights,
+            weights: std::sync::Arc::new(weights),
             enc,
             mult,
             bias,
             affine: None,
             act,
+            quads_in: false,
+            quads_out: None,
         })
+    }
+
+    /// The encoder and zero shift of this layer's input codes when it can read them as u8
+    /// channel quads made by its producer ([`QConv::writing_quads`]): a one-group integer
+    /// product with u8 activations.
+    pub fn quads_input(&self) -> Option<(ActEncoder, u8)> {
+        match &*self.weights {
+            QWeights::Gemm {
+                store: ActStore::U8 { zero },
+                ..
+            } if self.conv.group == 1 => Some((self.enc, *zero)),
+            _ => None,
+        }
+    }
+
+    /// This layer reading its input as the u8 channel quads its producer wrote into the f32
+    /// tensor's buffer (see [`QConv::writing_quads`]) instead of encoding it: the same bits.
+    pub fn reading_quads(&self) -> Result<QConv, String> {
+        if self.quads_input().is_none() {
+            return Err("only one-group integer products with u8 inputs read quads".into());
+        }
+        Ok(QConv {
+            quads_in: true,
+            ..self.clone()
+        })
+    }
+
+    /// This layer storing its output, after bias, affine step, residual and activation, as
+    /// the u8 channel quads `[image][quad][pixel][4]` of the next layer's input codes (`enc`,
+    /// `zero`: that layer's [`QConv::quads_input`]), in the bytes of its f32 output buffer,
+    /// which must have room for them ([`quads_fit`]): the encoding fused into the epilogue.
+    /// The output tensor then holds codes, readable only by that layer.
+    pub fn writing_quads(&self, enc: ActEncoder, zero: u8) -> Result<QConv, String> {
+        if !matches!(&*self.weights, QWeights::Gemm { .. }) || self.conv.group != 1 {
+            return Err("only one-group integer products write quads".into());
+        }
+        Ok(QConv {
+            quads_out: Some((enc, zero)),
+            ..self.clone()
+        })
+    }
+
+    /// Whether the input tensor holds codes ([`QConv::reading_quads`]) and whether the output
+    /// does ([`QConv::writing_quads`]).
+    pub fn quads_io(&self) -> (bool, bool) {
+        (self.quads_in, self.quads_out.is_some())
     }
 
     /// Fuses a following per-channel `x * scale + shift` (an unfolded BatchNormalization) and
@@ -395,7 +489,7 @@ impl QConv {
 
     /// Bytes of weight data held (integers, scales, bias).
     pub fn weight_bytes(&self) -> usize {
-        let w = match &self.weights {
+        let w = match &*self.weights {
             QWeights::Gemm { groups, .. } => groups.iter().map(|p| p.bytes()).sum(),
             QWeights::Depthwise(w, _) => w.len() * 4,
         };
@@ -404,7 +498,7 @@ impl QConv {
 
     /// The kernel this layer runs (for reports).
     pub fn kernel_name(&self) -> &'static str {
-        match &self.weights {
+        match &*self.weights {
             QWeights::Gemm { groups, .. } => groups[0].kernel_name(),
             QWeights::Depthwise(_, Some(_)) => "depthwise-exact-f32",
             QWeights::Depthwise(_, None) => "depthwise-i32",
@@ -459,7 +553,7 @@ impl QConv {
         if out.is_empty() {
             return;
         }
-        if let QWeights::Depthwise(wts, wts_f32) = &self.weights {
+        if let QWeights::Depthwise(wts, wts_f32) = &*self.weights {
             self.run_depthwise(wts, wts_f32.as_deref(), h, w, input, out);
             if let Some(res) = residual {
                 // The depthwise kernel has no residual epilogue: one pass after it.
@@ -499,7 +593,7 @@ impl QConv {
             groups,
             store,
             zero_corr,
-        } = &self.weights
+        } = &*self.weights
         else {
             unreachable!("depthwise handled by the caller")
         };
@@ -546,21 +640,38 @@ impl QConv {
         let khw = c.kh * c.kw;
         let kq = khw * cq;
         // 1. Encode: [image][group][quad][pixel][4], plus one panel of slack so a direct read
-        // of the last partial panel stays inside the buffer.
+        // of the last partial panel stays inside the buffer; or take the quads the producer
+        // wrote into the input's buffer.
         let plane = cq * hw * 4;
-        // The encoder writes every element of the planes (the zero code in missing channels),
-        // so only the slack is set.
-        quads.resize(n * g * plane + NR * 4, zero);
-        quads[n * g * plane..].fill(zero);
-        let enc = self.enc;
-        let dst = &mut quads[..n * g * plane];
-        let shape = (n, g, cig, cq, hw);
-        encode_quads(dst, input, inl, shape, &enc, zero);
         let direct = c.kh == 1 && c.kw == 1 && c.stride == [1, 1] && c.pads == [0; 4];
         // A stride-2 im2col reads every other input column: each encoded row is split into
         // its even then its odd columns, so the gather copies contiguous runs.
         let phased = !direct && c.stride[1] == 2 && w > 1;
+        let given: &[T] = match self.quads_in {
+            true => {
+                let q = T::from_u8(bytemuck::cast_slice(input)).expect("quads_in: u8 storage");
+                assert!(
+                    q.len() >= n * g * plane + NR * 4,
+                    "qconv: input quads too short"
+                );
+                q
+            }
+            false => &[],
+        };
+        if !self.quads_in || phased {
+            // The encoder writes every element of the planes (the zero code in missing
+            // channels), so only the slack is set.
+            quads.resize(n * g * plane + NR * 4, zero);
+            quads[n * g * plane..].fill(zero);
+            let dst = &mut quads[..n * g * plane];
+            if self.quads_in {
+                dst.copy_from_slice(&given[..n * g * plane]);
+            } else {
+                encode_quads(dst, input, inl, (n, g, cig, cq, hw), &self.enc, zero);
+            }
+        }
         if phased {
+            let dst = &mut quads[..n * g * plane];
             dst.par_chunks_mut(w * 4).with_min_len(64).for_each_init(
                 || vec![zero; w * 4],
                 |tmp, row| {
@@ -578,7 +689,10 @@ impl QConv {
         // threads, which repeats the (small) packing.
         let npanels = ohw.div_ceil(NR);
         let panel_len = kq * NR * 4;
-        let quads: &[T] = quads;
+        let quads: &[T] = match self.quads_in && !phased {
+            true => given,
+            false => quads,
+        };
         let elem = std::mem::size_of::<T>();
         let threads = rayon::current_num_threads();
         // A narrow last panel costs a fraction of a whole one (see `qgemm::narrow_tail`): it
@@ -601,17 +715,38 @@ impl QConv {
             .div_ceil(n * g * blocks.max(1))
             .clamp(1, row_panels);
         let rows_per = row_panels.div_ceil(chunks) * MR;
-        let outs: Vec<OutPtr> = out
-            .chunks_mut(outl.img)
-            .flat_map(|o| {
-                (0..g)
-                    .map(|gi| {
-                        let start = gi * cog * outl.rs;
-                        OutPtr::new(&mut o[start..], outl.rs, outl.cs)
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        let outs: Vec<OutPtr> = match self.quads_out {
+            // One group (checked in `writing_quads`): one quad plane set per image.
+            Some((enc, zero)) => {
+                let per_image = c.c_out.div_ceil(4) * 4 * ohw;
+                let bytes: &mut [u8] = bytemuck::cast_slice_mut(out);
+                assert!(
+                    n * per_image <= bytes.len(),
+                    "qconv: no room for output quads"
+                );
+                let store = QuadStore {
+                    enc,
+                    zero,
+                    pixels: ohw,
+                };
+                bytes
+                    .chunks_mut(per_image)
+                    .take(n)
+                    .map(|o| OutPtr::quads(o, store, outl.rs, outl.cs))
+                    .collect()
+            }
+            None => out
+                .chunks_mut(outl.img)
+                .flat_map(|o| {
+                    (0..g)
+                        .map(|gi| {
+                            let start = gi * cog * outl.rs;
+                            OutPtr::new(&mut o[start..], outl.rs, outl.cs)
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .collect(),
+        };
         // The epilogue of image and group `ig`: its group's rows of the scales, biases and
         // shifts, and its part of the residual (from the base of its `OutPtr`).
         let epilogue = |ig: usize| {
@@ -1055,10 +1190,6 @@ unsafe fn encode_quad_u8_uniform_avx2(
     let chans: Vec<&[f32]> = (0..src.chans)
         .map(|t| &src.input[src.base + t * src.chan..][..hw])
         .collect();
-    let inv = _mm256_set1_ps(enc.inv_unit);
-    let lo = _mm256_set1_ps(if enc.signed { -enc.max as f32 } else { 0.0 });
-    let hi = _mm256_set1_ps(enc.max as f32);
-    let z = _mm256_set1_epi32(zero as i32);
     // The zero code in the lanes of missing channels.
     let mut pad = 0i32;
     for t in src.chans..4 {
@@ -1070,10 +1201,7 @@ unsafe fn encode_quad_u8_uniform_avx2(
         for (t, ch) in chans.iter().enumerate() {
             // SAFETY: p + 8 <= whole <= hw = ch.len().
             let x = unsafe { _mm256_loadu_ps(ch.as_ptr().add(p)) };
-            let a = _mm256_mul_ps(x, inv);
-            let below = _mm256_cmp_ps::<_CMP_LT_OQ>(a, hi);
-            let c = _mm256_blendv_ps(hi, _mm256_max_ps(a, lo), below);
-            let n = _mm256_add_epi32(_mm256_cvtps_epi32(c), z);
+            let n = enc.encode_uniform_avx2(x, zero);
             let shifted = _mm256_sllv_epi32(n, _mm256_set1_epi32(8 * t as i32));
             word = _mm256_or_si256(word, shifted);
         }
@@ -1425,6 +1553,134 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A producer storing its output as the consumer's input quads, and the consumer reading
+    /// them, give the consumer's outputs bit for bit as handing over f32 does: 1x1 and 3x3
+    /// consumers, stride 2 (the split rows), a narrow last panel (7x7), the matrix-vector
+    /// path (2x2 pixels), output channels not a multiple of 4, a fused residual; uniform
+    /// unsigned and signed codes (the register epilogue) and a non-uniform grid (the scalar
+    /// one); AVX2 and portable.
+    #[test]
+    fn quads_between_layers_equal_f32() {
+        let mut seed = 23;
+        // (producer, consumer, n, h, w, residual on the producer)
+        let cases: Vec<(Conv2d, Conv2d, usize, usize, usize, bool)> = vec![
+            (
+                conv(8, 10, 3, 3, [1, 1], [1, 1], [1; 4], 1),
+                conv(10, 12, 1, 1, [1, 1], [1, 1], [0; 4], 1),
+                1,
+                9,
+                11,
+                false,
+            ),
+            (
+                conv(12, 8, 1, 1, [1, 1], [1, 1], [0; 4], 1),
+                conv(8, 6, 3, 3, [1, 1], [1, 1], [1; 4], 1),
+                2,
+                7,
+                7,
+                true,
+            ),
+            (
+                conv(8, 8, 1, 1, [1, 1], [1, 1], [0; 4], 1),
+                conv(8, 8, 3, 3, [2, 2], [1, 1], [1; 4], 1),
+                1,
+                10,
+                12,
+                false,
+            ),
+            (
+                conv(16, 8, 1, 1, [1, 1], [1, 1], [0; 4], 1),
+                conv(8, 8, 1, 1, [1, 1], [1, 1], [0; 4], 1),
+                3,
+                2,
+                2,
+                true,
+            ),
+        ];
+        // The consumer's input codes: uE1M7, sE1M6 (stored + 128), a non-uniform uE2M5.
+        let encs = [
+            (false, -6, 7u32, 255u64),
+            (true, -5, 6, 127),
+            (false, -6, 5, 252),
+        ];
+        let _path = crate::test_rand::KERNEL_PATH_LOCK
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for force_portable in [false, true] {
+            crate::qgemm::FORCE_PORTABLE.store(force_portable, std::sync::atomic::Ordering::SeqCst);
+            for (pc, cc, n, h, w, residual) in &cases {
+                for &(signed, ue, mb, max) in &encs {
+                    let mut layer = |c: &Conv2d, enc: ActEncoder, act| {
+                        let k = c.c_in / c.group * c.kh * c.kw;
+                        let wt: Vec<i32> = (0..c.c_out * k)
+                            .map(|_| (lcg(&mut seed) % 57) as i32 - 28)
+                            .collect();
+                        let mult = (0..c.c_out)
+                            .map(|r| 2f32.powi(-12 - (r as i32 % 3)))
+                            .collect();
+                        let bias = (0..c.c_out).map(|r| r as f32 * 0.125 - 0.5).collect();
+                        QConv::new(c.clone(), &wt, 28, enc, mult, Some(bias), act).unwrap()
+                    };
+                    let in_enc = ActEncoder::new(-6, 7, 255, false).unwrap();
+                    let p_act = if *residual {
+                        Activation::None
+                    } else {
+                        Activation::Relu
+                    };
+                    let prod = layer(pc, in_enc, p_act);
+                    let cons_enc = ActEncoder::new(ue, mb, max, signed).unwrap();
+                    let cons = layer(cc, cons_enc, Activation::Relu);
+                    let x: Vec<f32> = (0..n * pc.c_in * h * w)
+                        .map(|_| (lcg(&mut seed) % 20000) as f32 / 4000.0)
+                        .collect();
+                    let (oh, ow) = pc.out_hw(*h, *w);
+                    let mid_len = n * pc.c_out * oh * ow;
+                    let res: Vec<f32> = (0..mid_len)
+                        .map(|_| (lcg(&mut seed) % 2000) as f32 / 500.0 - 2.0)
+                        .collect();
+                    let res = residual.then_some(&res[..]);
+                    let (qh, qw) = cc.out_hw(oh, ow);
+                    let run_pair = |prod: &QConv, cons: &QConv| {
+                        let mut scratch = QScratch::default();
+                        let mut mid = vec![f32::NAN; mid_len];
+                        let act = Activation::Relu;
+                        prod.run_add(*n, *h, *w, &x, res, act, &mut mid, &mut scratch);
+                        let mut out = vec![f32::NAN; n * cc.c_out * qh * qw];
+                        cons.run(*n, oh, ow, &mid, &mut out, &mut scratch);
+                        (mid, out)
+                    };
+                    let (mid, want) = run_pair(&prod, &cons);
+                    assert!(quads_fit(&[*n, pc.c_out, oh, ow]));
+                    let (enc, zero) = cons.quads_input().unwrap();
+                    assert_eq!(zero, if signed { 128 } else { 0 });
+                    let (mid_quads, got) = run_pair(
+                        &prod.writing_quads(enc, zero).unwrap(),
+                        &cons.reading_quads().unwrap(),
+                    );
+                    assert_eq!(got, want, "{pc:?} -> {cc:?}, codes {signed} {max}");
+                    // The codes handed over are the consumer's own encoding of the f32
+                    // output, the zero code in the channels past the last quad's included.
+                    let cq = pc.c_out.div_ceil(4);
+                    let mut own = vec![0u8; n * cq * oh * ow * 4];
+                    let inl = InLayout {
+                        img: pc.c_out * oh * ow,
+                        chan: oh * ow,
+                        pix: 1,
+                    };
+                    let shape = (*n, 1, pc.c_out, cq, oh * ow);
+                    encode_quads(&mut own, &mid, inl, shape, &enc, zero);
+                    let handed: &[u8] = bytemuck::cast_slice(&mid_quads);
+                    assert_eq!(
+                        &handed[..own.len()],
+                        &own[..],
+                        "{pc:?} codes {signed} {max}"
+                    );
+                }
+            }
+        }
+        crate::qgemm::FORCE_PORTABLE.store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
     #[test]

@@ -23,6 +23,9 @@ pub const MR: usize = 4;
 /// Columns (output pixels, or batch rows of a Gemm) of a micro-tile.
 pub const NR: usize = 16;
 
+// A tile's rows are whole channel quads (the quad store of `OutPtr` relies on it).
+const _: () = assert!(MR.is_multiple_of(4));
+
 /// Integer element types of packed operands.
 pub trait Int: Copy + Default + Send + Sync + 'static {
     fn widen(self) -> i64;
@@ -481,10 +484,25 @@ unsafe fn tile_store_u8i8_avx2<const QUAD: bool>(
     let (lo, hi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
     assert!(out.cs == 1, "qgemm: vector store needs unit column stride");
     let last = (r0 + MR - 1) * out.rs + j0 + NR - 1;
-    assert!(last < out.len, "qgemm: output tile out of bounds");
+    match out.quads {
+        Some(q) => {
+            assert!(
+                q.enc.is_uniform(),
+                "qgemm: the register encoder needs a uniform grid"
+            );
+            assert!(
+                q.at(r0 + MR - 1, j0 + NR - 1) < out.len,
+                "qgemm: output tile out of bounds"
+            );
+        }
+        None => assert!(last < out.len, "qgemm: output tile out of bounds"),
+    }
     if let Some(res) = ep.residual {
         assert!(last < res.len(), "qgemm: residual tile out of bounds");
     }
+    // With quads: each row's codes shifted into byte `row % 4` of its pixels' words, one
+    // vector of 8 pixels per half tile, stored once the quad's rows are all in.
+    let mut words = [_mm256_setzero_si256(); NR / 8];
     // SAFETY: forwarded contract.
     let acc = unsafe { acc_u8i8_avx2::<QUAD>(a, b, off, kq) };
     for (rr, acc_r) in acc.iter().enumerate() {
@@ -513,9 +531,24 @@ unsafe fn tile_store_u8i8_avx2<const QUAD: bool>(
                 // max(v, lo) returns lo for NaN, as f32::max does in `store_tile`.
                 v = _mm256_min_ps(_mm256_max_ps(v, lo), hi);
             }
-            // SAFETY: base + 8h + 7 <= last < out.len (asserted above); this tile's elements
-            // belong to this call (function contract).
-            unsafe { _mm256_storeu_ps(out.ptr.add(base + 8 * h), v) };
+            match out.quads {
+                Some(q) => {
+                    let codes = q.enc.encode_uniform_avx2(v, q.zero);
+                    let shifted = _mm256_sllv_epi32(codes, _mm256_set1_epi32(8 * (r % 4) as i32));
+                    words[h] = _mm256_or_si256(words[h], shifted);
+                    if r % 4 == 3 {
+                        let at = q.at(r - 3, j0 + 8 * h);
+                        // SAFETY: the 8 words of pixels j0 + 8h.. of this quad end at or
+                        // before the tile's last byte < out.len (asserted above); this
+                        // tile's elements belong to this call (function contract).
+                        unsafe { _mm256_storeu_si256(out.ptr.add(at) as *mut __m256i, words[h]) };
+                        words[h] = _mm256_setzero_si256();
+                    }
+                }
+                // SAFETY: base + 8h + 7 <= last < out.len (asserted above); this tile's
+                // elements belong to this call (function contract).
+                None => unsafe { _mm256_storeu_ps(out.f32_ptr().add(base + 8 * h), v) },
+            }
         }
     }
 }
@@ -540,7 +573,10 @@ unsafe fn tile_store_fast(
     #[cfg(target_arch = "x86_64")]
     if let (PackedWeights::U8I8(a, kern), ActPanels::U8(b)) = (w, b) {
         let lohi = ep.act.clamp_bounds();
-        if let (Some(lohi), U8I8Kernel::Avx2Quad | U8I8Kernel::Avx2Pair) = (lohi, kern) {
+        let uniform = out.quads.is_none_or(|q| q.enc.is_uniform());
+        if let (Some(lohi), U8I8Kernel::Avx2Quad | U8I8Kernel::Avx2Pair, true) =
+            (lohi, kern, uniform)
+        {
             let kq = w.quads();
             assert!(b.check(off, kq), "qgemm: activation panel out of bounds");
             let a = a.panel(p);
@@ -736,14 +772,41 @@ pub struct Epilogue<'a> {
     pub residual: Option<&'a [f32]>,
 }
 
-/// Output of a product: element `(r, j)` at `ptr[r * rs + j * cs]`. Shared by the threads of
-/// one product, each writing its own disjoint set of `(r, j)`.
+/// Output of a product: element `(r, j)` at `ptr[r * rs + j * cs]`, or with `quads`, encoded
+/// into the next layer's input codes at byte `((r / 4) * pixels + j) * 4 + r % 4` (a residual
+/// is still read at `r * rs + j * cs`). Shared by the threads of one product, each writing
+/// its own disjoint set of `(r, j)`.
 #[derive(Clone, Copy)]
 pub struct OutPtr {
-    ptr: *mut f32,
+    /// `*mut f32` as bytes (aligned for f32), or the quads' bytes.
+    ptr: *mut u8,
+    /// In f32 elements, or in bytes with `quads`.
     len: usize,
     rs: usize,
     cs: usize,
+    quads: Option<QuadStore>,
+}
+
+/// How a product's outputs are stored as the next layer's u8 input codes: that layer's
+/// encoder and zero shift (signed codes are stored as `n + 128`), and the pixels per channel.
+#[derive(Clone, Copy, Debug)]
+pub struct QuadStore {
+    pub enc: crate::qconv::ActEncoder,
+    pub zero: u8,
+    pub pixels: usize,
+}
+
+impl QuadStore {
+    /// The byte of output `(r, j)`.
+    #[inline(always)]
+    fn at(&self, r: usize, j: usize) -> usize {
+        ((r / 4) * self.pixels + j) * 4 + r % 4
+    }
+
+    #[inline(always)]
+    fn code(&self, v: f32) -> u8 {
+        (self.enc.encode(v) + self.zero as i32) as u8
+    }
 }
 
 // SAFETY: `OutPtr` is only written through `store_tile`, whose callers give each (row,
@@ -755,11 +818,29 @@ impl OutPtr {
     /// `out` must hold every `(r, j)` the product writes (checked per tile).
     pub fn new(out: &mut [f32], rs: usize, cs: usize) -> OutPtr {
         OutPtr {
+            ptr: out.as_mut_ptr().cast(),
+            len: out.len(),
+            rs,
+            cs,
+            quads: None,
+        }
+    }
+
+    /// Outputs encoded into channel quads `out: [quad][pixel][4]` (see [`QuadStore`]); `rs`
+    /// and `cs` place the residual. Rows past the last output channel in its quad get the
+    /// zero code. `out` must hold every quad the product writes (checked per tile).
+    pub fn quads(out: &mut [u8], store: QuadStore, rs: usize, cs: usize) -> OutPtr {
+        OutPtr {
             ptr: out.as_mut_ptr(),
             len: out.len(),
             rs,
             cs,
+            quads: Some(store),
         }
+    }
+
+    fn f32_ptr(&self) -> *mut f32 {
+        self.ptr.cast()
     }
 }
 
@@ -777,7 +858,14 @@ unsafe fn store_tile(
     out: OutPtr,
 ) {
     let last = (r0 + rows - 1) * out.rs + (j0 + cols - 1) * out.cs;
-    assert!(last < out.len, "qgemm: output tile out of bounds");
+    match out.quads {
+        // Whole quads: the rows past the output channels get the zero code.
+        Some(q) => assert!(
+            q.at(r0 + rows - 1, j0 + cols - 1) | 3 < out.len,
+            "qgemm: output tile out of bounds"
+        ),
+        None => assert!(last < out.len, "qgemm: output tile out of bounds"),
+    }
     let mut v = [0f32; NR];
     for rr in 0..rows {
         let r = r0 + rr;
@@ -818,16 +906,31 @@ unsafe fn store_tile(
             Activation::Clip { min, max } => v.iter_mut().for_each(|x| *x = x.max(min).min(max)),
             act => act.apply_slice(&mut v[..cols]),
         }
-        if out.cs == 1 && cols == NR {
+        if let Some(q) = out.quads {
+            for (c, &x) in v[..cols].iter().enumerate() {
+                // SAFETY: q.at(r, j0 + c) <= the last byte of the tile's quads < len
+                // (asserted); exclusive per the contract.
+                unsafe { *out.ptr.add(q.at(r, j0 + c)) = q.code(x) };
+            }
+        } else if out.cs == 1 && cols == NR {
             // SAFETY: base + NR - 1 <= last < len (asserted); exclusive per the contract.
-            unsafe { (out.ptr.add(base) as *mut [f32; NR]).write_unaligned(v) };
+            unsafe { (out.f32_ptr().add(base) as *mut [f32; NR]).write_unaligned(v) };
         } else if out.cs == 1 {
             // SAFETY: base + cols - 1 <= last < len (asserted); exclusive per the contract.
-            unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), out.ptr.add(base), cols) };
+            unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), out.f32_ptr().add(base), cols) };
         } else {
             for (c, &x) in v[..cols].iter().enumerate() {
                 // SAFETY: base + c * cs <= last < len; exclusive per the contract.
-                unsafe { *out.ptr.add(base + c * out.cs) = x };
+                unsafe { *out.f32_ptr().add(base + c * out.cs) = x };
+            }
+        }
+    }
+    if let Some(q) = out.quads {
+        // The channels of the last quad past the output's (tiles start at whole quads).
+        for r in r0 + rows..(r0 + rows).next_multiple_of(4) {
+            for j in j0..j0 + cols {
+                // SAFETY: within the tile's whole quads (asserted); exclusive per the contract.
+                unsafe { *out.ptr.add(q.at(r, j)) = q.zero };
             }
         }
     }

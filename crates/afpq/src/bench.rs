@@ -170,6 +170,7 @@ pub fn run(a: &Args) -> Result<()> {
     let mut engine = "fp32";
     let mut kernels: std::collections::BTreeMap<&'static str, usize> = Default::default();
     let mut packed_bytes = None;
+    let mut handovers = 0;
     // The peer runs the FP32 ONNX model: for a .afp file, the one it was quantized from.
     let mut peer_model = a.model.clone();
     for &threads in &a.threads {
@@ -181,6 +182,7 @@ pub fn run(a: &Args) -> Result<()> {
         for &batch in &a.batch {
             let (threads, batch) = (threads as usize, batch as usize);
             let s = clf.session(batch)?;
+            handovers = code_handovers(s.graph());
             let n: usize = s.graph().values[s.graph().inputs[0]].numel();
             let x = input(n);
             let mut t = measure(s, &x, batch, a.warmup, a.seconds)?;
@@ -265,17 +267,21 @@ pub fn run(a: &Args) -> Result<()> {
             json!({
                 "model": a.model.display().to_string(), "engine": engine,
                 "kernels": kernels, "packed_weight_bytes": packed_bytes,
-                "peak_rss_bytes": peak, "results": rows,
+                "peak_rss_bytes": peak, "code_handovers": handovers, "results": rows,
             })
         );
     } else {
         let ks: Vec<String> = kernels.iter().map(|(k, n)| format!("{n} x {k}")).collect();
         println!(
-            "engine {engine}{}{}",
+            "engine {engine}{}{}{}",
             if ks.is_empty() {
                 String::new()
             } else {
                 format!(" (layers: {})", ks.join(", "))
+            },
+            match handovers {
+                0 => String::new(),
+                h => format!("; {h} layers store their output as the next layer's input codes"),
             },
             peak.map_or(String::new(), |p| format!(
                 "; peak memory (RSS) {:.1} MB",
@@ -284,6 +290,16 @@ pub fn run(a: &Args) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Integer layers that store their output as the next layer's u8 input codes
+/// (`afp_engine::passes::fuse_quad_handover`).
+fn code_handovers(g: &afp_engine::Graph) -> usize {
+    use afp_engine::Op;
+    g.nodes
+        .iter()
+        .filter(|n| matches!(&n.op, Op::QConv(q) | Op::QConvAdd { q, .. } if q.quads_io().1))
+        .count()
 }
 
 /// Times each node (the time between successive node completions), the fastest of

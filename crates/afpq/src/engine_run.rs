@@ -111,8 +111,10 @@ impl Classifier {
                         .context("applying the quantization plan")?,
                 }
             }
-            // Inference only: residual Adds into the convolution epilogues.
+            // Inference only: residual Adds into the convolution epilogues, then the encoding
+            // of each integer layer's input into its producer's epilogue.
             afp_engine::passes::fuse_residual_add(&mut g);
+            afp_engine::passes::fuse_quad_handover(&mut g);
             afp_engine::exec::check_runtime_types(&g)?;
             let s = Session::new(g, self.threads)?;
             self.sessions.insert(batch, s);

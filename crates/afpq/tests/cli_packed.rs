@@ -48,7 +48,8 @@ fn quantize(path: &str, extra: &[&str]) {
 /// simulation's f32 sums of the same (exactly representable) products are exact too because
 /// every partial sum stays below 2^24 (|n_w| <= 28, n_a <= 255, K <= 576). Both the 8-bit
 /// kernels (`--int8-kernels`: E2M2 weights, u8 inputs) and the i16 path (inputs such as
-/// uE2M6, integers up to 508) are checked.
+/// uE2M6, integers up to 508) are checked; with u8 inputs the layers pass their outputs on as
+/// the next layer's codes (`fuse_quad_handover`), which must not change a bit.
 #[test]
 fn packed_equals_simulated_on_resnet8() {
     let dir = tmp("packed-eq");
@@ -63,6 +64,13 @@ fn packed_equals_simulated_on_resnet8() {
         let simulated = common::top5(&afp, &card(), "simulated", &imgs);
         assert_eq!(packed.len(), 100);
         assert_eq!(packed, simulated, "{name}: the engines differ");
+        // With u8 inputs the layers hand their outputs over as codes (the conv pairs inside
+        // the blocks); the i16 inputs do not.
+        let handovers = bench_briefly(&afp)["code_handovers"].as_u64().unwrap();
+        match name {
+            "int8" => assert!(handovers >= 3, "{name}: {handovers} handovers"),
+            _ => assert_eq!(handovers, 0, "{name}"),
+        }
     }
 }
 
