@@ -237,7 +237,6 @@ pub fn fuse_residual_add(g: &mut Graph) {
 /// The same bits reach the reader; the tensor in between holds codes, not f32 values, so
 /// nothing else may read it (a graph output or a second reader keeps it f32).
 pub fn fuse_quad_handover(g: &mut Graph) {
-    use std::sync::Arc;
     let uses = g.use_counts();
     for p in 0..g.nodes.len() {
         let v = g.nodes[p].output;
@@ -247,10 +246,8 @@ pub fn fuse_quad_handover(g: &mut Graph) {
         if g.nodes[c].inputs.iter().position(|&x| x == v) != Some(0) {
             continue;
         }
-        let (reader, reader_act) = match &g.nodes[c].op {
-            Op::QConv(q) => (q.clone(), None),
-            Op::QConvAdd { q, act } => (q.clone(), Some(*act)),
-            _ => continue,
+        let (Op::QConv(reader) | Op::QConvAdd { q: reader, .. }) = &g.nodes[c].op else {
+            continue;
         };
         let Some((enc, zero)) = reader.quads_input() else {
             continue;
@@ -258,25 +255,29 @@ pub fn fuse_quad_handover(g: &mut Graph) {
         if !afp_kernels::quads_fit(&g.values[v].shape) {
             continue;
         }
-        let writer = match &g.nodes[p].op {
-            Op::QConv(q) => q.writing_quads(enc, zero).map(|q| Op::QConv(Arc::new(q))),
-            Op::QConvAdd { q, act } => q.writing_quads(enc, zero).map(|q| Op::QConvAdd {
-                q: Arc::new(q),
-                act: *act,
-            }),
-            _ => continue,
-        };
-        let (Ok(writer), Ok(reader)) = (writer, reader.reading_quads()) else {
-            continue;
-        };
-        g.nodes[p].op = writer;
-        g.nodes[c].op = match reader_act {
-            None => Op::QConv(Arc::new(reader)),
-            Some(act) => Op::QConvAdd {
-                q: Arc::new(reader),
-                act,
-            },
-        };
+        let writer = with_qconv(&g.nodes[p].op, |q| q.writing_quads(enc, zero));
+        let reader = with_qconv(&g.nodes[c].op, afp_kernels::QConv::reading_quads);
+        if let (Some(writer), Some(reader)) = (writer, reader) {
+            g.nodes[p].op = writer;
+            g.nodes[c].op = reader;
+        }
+    }
+}
+
+/// `op` (a QConv or QConv+Add) with its convolution replaced by `f` of it; `None` for other
+/// ops or when `f` fails.
+fn with_qconv(
+    op: &Op,
+    f: impl FnOnce(&afp_kernels::QConv) -> std::result::Result<afp_kernels::QConv, String>,
+) -> Option<Op> {
+    use std::sync::Arc;
+    match op {
+        Op::QConv(q) => f(q).ok().map(|q| Op::QConv(Arc::new(q))),
+        Op::QConvAdd { q, act } => f(q).ok().map(|q| Op::QConvAdd {
+            q: Arc::new(q),
+            act: *act,
+        }),
+        _ => None,
     }
 }
 

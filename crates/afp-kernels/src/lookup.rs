@@ -434,7 +434,7 @@ mod tests {
         for force_portable in [false, true] {
             crate::sgemm::FORCE_PORTABLE.store(force_portable, Ordering::SeqCst);
             for (c, n, h, w) in &cases {
-                let k = c.c_in / c.group * c.kh * c.kw;
+                let k = c.depth();
                 let (cw, decoded) = coded(c.c_out, k, &mut seed);
                 let x = rand_vec(n * c.c_in * h * w, &mut seed);
                 let bias = rand_vec(c.c_out, &mut seed);

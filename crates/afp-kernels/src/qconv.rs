@@ -460,10 +460,9 @@ impl QConv {
         })
     }
 
-    /// Whether the input tensor holds codes ([`QConv::reading_quads`]) and whether the output
-    /// does ([`QConv::writing_quads`]).
-    pub fn quads_io(&self) -> (bool, bool) {
-        (self.quads_in, self.quads_out.is_some())
+    /// Whether the output tensor holds the next layer's codes ([`QConv::writing_quads`]).
+    pub fn writes_quads(&self) -> bool {
+        self.quads_out.is_some()
     }
 
     /// Fuses a following per-channel `x * scale + shift` (an unfolded BatchNormalization) and
@@ -658,7 +657,9 @@ impl QConv {
             }
             false => &[],
         };
-        if !self.quads_in || phased {
+        let quads: &[T] = if self.quads_in && !phased {
+            given
+        } else {
             // The encoder writes every element of the planes (the zero code in missing
             // channels), so only the slack is set.
             quads.resize(n * g * plane + NR * 4, zero);
@@ -669,19 +670,19 @@ impl QConv {
             } else {
                 encode_quads(dst, input, inl, (n, g, cig, cq, hw), &self.enc, zero);
             }
-        }
-        if phased {
-            let dst = &mut quads[..n * g * plane];
-            dst.par_chunks_mut(w * 4).with_min_len(64).for_each_init(
-                || vec![zero; w * 4],
-                |tmp, row| {
-                    tmp.copy_from_slice(row);
-                    let (t4, _) = tmp.as_chunks::<4>();
-                    let (r4, _) = row.as_chunks_mut::<4>();
-                    crate::split_even_odd(t4, r4);
-                },
-            );
-        }
+            if phased {
+                dst.par_chunks_mut(w * 4).with_min_len(64).for_each_init(
+                    || vec![zero; w * 4],
+                    |tmp, row| {
+                        tmp.copy_from_slice(row);
+                        let (t4, _) = tmp.as_chunks::<4>();
+                        let (r4, _) = row.as_chunks_mut::<4>();
+                        crate::split_even_odd(t4, r4);
+                    },
+                );
+            }
+            quads
+        };
         // 2. Multiply, in tasks of (image and group, block of columns, rows). Each task packs
         // its block of activation panels (a copy of channel quads for a plain 1x1, im2col
         // otherwise) into a per-thread buffer that stays in L2, then runs every weight panel
@@ -689,10 +690,6 @@ impl QConv {
         // threads, which repeats the (small) packing.
         let npanels = ohw.div_ceil(NR);
         let panel_len = kq * NR * 4;
-        let quads: &[T] = match self.quads_in && !phased {
-            true => given,
-            false => quads,
-        };
         let elem = std::mem::size_of::<T>();
         let threads = rayon::current_num_threads();
         // A narrow last panel costs a fraction of a whole one (see `qgemm::narrow_tail`): it
@@ -1613,7 +1610,7 @@ mod tests {
             for (pc, cc, n, h, w, residual) in &cases {
                 for &(signed, ue, mb, max) in &encs {
                     let mut layer = |c: &Conv2d, enc: ActEncoder, act| {
-                        let k = c.c_in / c.group * c.kh * c.kw;
+                        let k = c.depth();
                         let wt: Vec<i32> = (0..c.c_out * k)
                             .map(|_| (lcg(&mut seed) % 57) as i32 - 28)
                             .collect();
@@ -1748,7 +1745,7 @@ mod tests {
             for (c, n, h, w) in &cases {
                 for &(signed, ue, mb, max) in &encs {
                     let enc = ActEncoder::new(ue, mb, max, signed).unwrap();
-                    let k = c.c_in / c.group * c.kh * c.kw;
+                    let k = c.depth();
                     let w_max = 28u32;
                     let wt: Vec<i32> = (0..c.c_out * k)
                         .map(|_| (lcg(&mut seed) % 57) as i32 - 28)

@@ -298,7 +298,7 @@ fn code_handovers(g: &afp_engine::Graph) -> usize {
     use afp_engine::Op;
     g.nodes
         .iter()
-        .filter(|n| matches!(&n.op, Op::QConv(q) | Op::QConvAdd { q, .. } if q.quads_io().1))
+        .filter(|n| matches!(&n.op, Op::QConv(q) | Op::QConvAdd { q, .. } if q.writes_quads()))
         .count()
 }
 
