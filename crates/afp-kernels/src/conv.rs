@@ -257,9 +257,10 @@ impl Conv2d {
             implicit,
         };
 
-        // Whole rounds of `threads` tasks (images x groups) run one per
-        // thread with single-threaded GEMMs; the leftover tasks run one after
-        // the other, each parallel inside (im2col, GEMM, epilogue).
+        // Whole rounds of `threads` tasks (images x groups) run with single-threaded
+        // GEMMs, each task taken by whichever thread comes free first (so a core the
+        // machine slows for a moment computes fewer of them); the leftover tasks run one
+        // after the other, each parallel inside (im2col, GEMM, epilogue).
         let par_tasks = if threads > 1 && tasks >= threads {
             tasks - tasks % threads
         } else {
@@ -271,24 +272,24 @@ impl Conv2d {
         }
         let (out_par, out_seq) = out.split_at_mut(par_tasks * task_out);
         if par_tasks > 0 {
-            let mut per_worker: Vec<Vec<(usize, &mut [f32])>> =
-                (0..threads).map(|_| Vec::new()).collect();
-            for (t, o) in out_par.chunks_mut(task_out).enumerate() {
-                per_worker[t % threads].push((t, o));
-            }
-            let cols: Vec<&mut [f32]> = if col_size == 0 {
-                (0..threads).map(|_| <&mut [f32]>::default()).collect()
+            // One im2col buffer per pool thread, found by the thread's index (each lock
+            // is only ever taken by its own thread, so it never waits).
+            let cols: Vec<std::sync::Mutex<&mut [f32]>> = if col_size == 0 {
+                (0..threads).map(|_| Default::default()).collect()
             } else {
-                scratch[..threads * col_size].chunks_mut(col_size).collect()
+                scratch[..threads * col_size]
+                    .chunks_mut(col_size)
+                    .map(std::sync::Mutex::new)
+                    .collect()
             };
-            per_worker
-                .into_par_iter()
-                .zip(cols)
+            out_par
+                .par_chunks_mut(task_out)
+                .enumerate()
                 .with_max_len(1)
-                .for_each(|(jobs, col)| {
-                    for (t, o) in jobs {
-                        task.run(t, o, col, 1);
-                    }
+                .for_each(|(t, o)| {
+                    let slot = rayon::current_thread_index().unwrap_or(0) % threads;
+                    let mut col = cols[slot].lock().unwrap_or_else(|e| e.into_inner());
+                    task.run(t, o, &mut col, 1);
                 });
         }
         for (i, o) in out_seq.chunks_mut(task_out).enumerate() {

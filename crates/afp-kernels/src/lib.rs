@@ -16,6 +16,7 @@
 mod activation;
 mod conv;
 mod depthwise;
+mod dot;
 mod lookup;
 mod matmul;
 mod pool;

@@ -322,9 +322,7 @@ impl LookupGemm {
                     let view = self.weights.view();
                     for o in 0..nr {
                         view.decode_row(r0 + o, 0, wrow);
-                        for (r, xr) in x.chunks_exact(k.max(1)).take(rows).enumerate() {
-                            res[o * rows + r] = dot(wrow, xr);
-                        }
+                        crate::dot::dots(wrow, x, k, rows, &mut res[o * rows..][..rows]);
                     }
                     (r0, res)
                 },
@@ -340,24 +338,6 @@ impl LookupGemm {
             }
         }
     }
-}
-
-/// f32 dot product in 8 interleaved partial sums (vectorizes; the order is fixed, so results
-/// do not depend on the thread count).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for (x, y) in ra.iter().zip(rb) {
-        s += x * y;
-    }
-    s
 }
 
 #[cfg(test)]

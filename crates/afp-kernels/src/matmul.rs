@@ -239,6 +239,16 @@ pub fn gemm(
             }
         }
     }
+    if trans_b && !trans_a && m <= DOT_MAX_ROWS {
+        let epi = Epilogue {
+            alpha,
+            accumulate,
+            bias,
+            residual: None,
+            act,
+        };
+        return gemm_dots(m, n, k, a, b, epi, out);
+    }
     let a_l = if trans_a {
         MatLayout::col_major(m)
     } else {
@@ -267,6 +277,54 @@ pub fn gemm(
         },
         threads_for(m, n, k),
     );
+}
+
+/// Output rows up to which a Gemm with `B` given transposed (ONNX `transB = 1`, as
+/// classifiers are exported) is computed as dot products of contiguous rows: the GEMM
+/// would gather `B` column by column into its packed strips, which costs more than the
+/// multiply-adds when few rows reuse them.
+const DOT_MAX_ROWS: usize = 16;
+
+/// `out = epi(a bᵀ)` for `a` `m x k` and `bt` `n x k`, both row-major.
+fn gemm_dots(m: usize, n: usize, k: usize, a: &[f32], bt: &[f32], epi: Epilogue, out: &mut [f32]) {
+    use rayon::prelude::*;
+    if m == 0 || n == 0 {
+        return;
+    }
+    /// Output features per task (their weight rows, 32 x k values, are read once).
+    const BLOCK: usize = 32;
+    let block = |bi: usize| {
+        let j0 = bi * BLOCK;
+        let nb = BLOCK.min(n - j0);
+        let mut res = vec![0.0f32; nb * m];
+        crate::dot::dots(&bt[j0 * k..][..nb * k], a, k, m, &mut res);
+        (j0, res)
+    };
+    let nblocks = n.div_ceil(BLOCK);
+    let blocks: Vec<(usize, Vec<f32>)> = if threads_for(m, n, k) > 1 {
+        (0..nblocks).into_par_iter().map(block).collect()
+    } else {
+        (0..nblocks).map(block).collect()
+    };
+    // The GEMM epilogue's order: alpha * product, + C, + bias, then the activation.
+    for (j0, res) in blocks {
+        for (o, col) in res.chunks_exact(m).enumerate() {
+            let j = j0 + o;
+            for (i, &d) in col.iter().enumerate() {
+                let dst = &mut out[i * n + j];
+                let mut v = epi.alpha * d;
+                if epi.accumulate {
+                    v += *dst;
+                }
+                v += match epi.bias {
+                    Bias::None => 0.0,
+                    Bias::Row(bv) => bv[i],
+                    Bias::Col(bv) => bv[j],
+                };
+                *dst = epi.act.apply(v);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -419,6 +419,13 @@ impl ConvB<'_> {
                 let d = &mut seg[x0 - xa..x1 - xa];
                 if sw == 1 {
                     d.copy_from_slice(&src[start..start + d.len()]);
+                } else if sw == 2 {
+                    // Pairs, first of each: a form the compiler vectorizes (shuffles),
+                    // where `step_by` stays one element at a time (stride-2 stems).
+                    let (last, body) = d.split_last_mut().expect("x0 < x1");
+                    let pairs = src[start..start + 2 * body.len()].chunks_exact(2);
+                    body.iter_mut().zip(pairs).for_each(|(o, p)| *o = p[0]);
+                    *last = src[start + 2 * body.len()];
                 } else {
                     d.iter_mut()
                         .zip(src[start..].iter().step_by(sw))
@@ -442,17 +449,25 @@ enum BSrc<'a> {
 
 fn run_problem(p: &Problem, m: usize, n: usize, out: OutPtr, threads: usize) {
     let p = *p;
-
-    // Split the output into `parts` disjoint rectangles (along whichever
-    // dimension has more tiles), one per thread.
     let (tm, tn) = (m.div_ceil(MR), n.div_ceil(NR));
-    let parts = threads.max(1).min(tm.max(tn));
-    if parts <= 1 {
+    if threads <= 1 || tm.max(tn) <= 1 {
         PACK.with_borrow_mut(|bufs| region(&p, out, 0..m, 0..n, bufs));
         return;
     }
-    let split_n = tn >= tm || tn >= 4 * parts;
+    // Split the output into disjoint rectangles along whichever dimension has more
+    // tiles, several per thread, taken as the threads come free: a core that the
+    // machine slows for a moment then computes fewer of them instead of holding up
+    // the whole product. Along columns each rectangle packs its own columns of B (no
+    // extra packing while a rectangle is at most one NC panel wide); along rows each
+    // one packs all of B again, so those are fewer.
+    let split_n = tn >= tm || tn >= 4 * threads;
     let (tiles, unit, len) = if split_n { (tn, NR, n) } else { (tm, MR, m) };
+    let parts = if split_n {
+        tiles.div_ceil(NC / NR).max(4 * threads)
+    } else {
+        2 * threads
+    }
+    .min(tiles);
     let bounds = |t: usize| (tiles * t / parts * unit).min(len);
     (0..parts).into_par_iter().with_max_len(1).for_each(|t| {
         let r = bounds(t)..bounds(t + 1);
@@ -784,32 +799,60 @@ unsafe fn kernel_6x16<const PACKED: bool, const NV: usize>(
     }
     let load_c = !t.first || p.accumulate;
     let c = out.0;
-    if t.mr == MR && t.nr == NR && p.c_cs == 1 {
+    if p.c_cs == 1 {
+        // Rows of the tile are contiguous: whole vectors, with lane masks for a partial
+        // last strip (a masked-off lane is neither read nor written), so narrow layers
+        // (16 or 24 output rows, 49-pixel planes) do not fall to the element loop.
         let (lo, hi) = (_mm256_set1_ps(p.lo), _mm256_set1_ps(p.hi));
+        let full = t.nr == NR;
+        let lane = |j: usize| if j < t.nr { -1i32 } else { 0 };
+        let m0 = _mm256_setr_epi32(
+            lane(0),
+            lane(1),
+            lane(2),
+            lane(3),
+            lane(4),
+            lane(5),
+            lane(6),
+            lane(7),
+        );
+        let m1 = _mm256_setr_epi32(
+            lane(8),
+            lane(9),
+            lane(10),
+            lane(11),
+            lane(12),
+            lane(13),
+            lane(14),
+            lane(15),
+        );
+        // SAFETY (all loads and stores below): row i0+i < m for i < mr; the enabled
+        // lanes are columns j0..j0+nr <= n with unit stride, inside the checked output
+        // (function contract); the residual has the output's layout and span, and the
+        // column bias has n elements.
+        // (A second half with no enabled lane is not addressed at all.)
+        let load = |ptr: *const f32, half: usize| unsafe {
+            match (full, half) {
+                (true, _) => _mm256_loadu_ps(ptr.add(8 * half)),
+                (false, 0) => _mm256_maskload_ps(ptr, m0),
+                (false, _) if t.nr > 8 => _mm256_maskload_ps(ptr.add(8), m1),
+                (false, _) => _mm256_setzero_ps(),
+            }
+        };
         let col_bias = match (t.last, p.bias) {
             (true, Bias::Col(bv)) => {
-                let bv = &bv[t.j0..t.j0 + NR];
-                // SAFETY: bv has NR elements.
-                unsafe {
-                    Some((
-                        _mm256_loadu_ps(bv.as_ptr()),
-                        _mm256_loadu_ps(bv.as_ptr().add(8)),
-                    ))
-                }
+                let bv = &bv[t.j0..t.j0 + t.nr];
+                Some((load(bv.as_ptr(), 0), load(bv.as_ptr(), 1)))
             }
             _ => None,
         };
-        for (i, r) in acc.iter().enumerate() {
+        for (i, r) in acc.iter().enumerate().take(t.mr) {
             let (mut v0, mut v1) = (r[0], r[1]);
-            // SAFETY: row i0+i < m, columns j0..j0+16 <= n, cs == 1: inside
-            // the checked output (function contract).
+            // SAFETY: see above.
             let row = unsafe { c.add((t.i0 + i) * p.c_rs + t.j0) };
             if load_c {
-                // SAFETY: as above.
-                unsafe {
-                    v0 = _mm256_add_ps(v0, _mm256_loadu_ps(row));
-                    v1 = _mm256_add_ps(v1, _mm256_loadu_ps(row.add(8)));
-                }
+                v0 = _mm256_add_ps(v0, load(row, 0));
+                v1 = _mm256_add_ps(v1, load(row, 1));
             }
             if t.last {
                 if let Bias::Row(bv) = p.bias {
@@ -822,26 +865,30 @@ unsafe fn kernel_6x16<const PACKED: bool, const NV: usize>(
                     v1 = _mm256_add_ps(v1, b1);
                 }
                 if let Some(res) = p.residual {
-                    // SAFETY: the residual has the output's layout and was checked to span
-                    // the whole product; this is the tile's own row, columns j0..j0+16.
-                    unsafe {
-                        let rp = res.as_ptr().add((t.i0 + i) * p.c_rs + t.j0);
-                        v0 = _mm256_add_ps(v0, _mm256_loadu_ps(rp));
-                        v1 = _mm256_add_ps(v1, _mm256_loadu_ps(rp.add(8)));
-                    }
+                    // SAFETY: see above.
+                    let rp = unsafe { res.as_ptr().add((t.i0 + i) * p.c_rs + t.j0) };
+                    v0 = _mm256_add_ps(v0, load(rp, 0));
+                    v1 = _mm256_add_ps(v1, load(rp, 1));
                 }
                 v0 = _mm256_min_ps(_mm256_max_ps(v0, lo), hi);
                 v1 = _mm256_min_ps(_mm256_max_ps(v1, lo), hi);
             }
-            // SAFETY: as above.
+            // SAFETY: see above.
             unsafe {
-                _mm256_storeu_ps(row, v0);
-                _mm256_storeu_ps(row.add(8), v1);
+                if full {
+                    _mm256_storeu_ps(row, v0);
+                    _mm256_storeu_ps(row.add(8), v1);
+                } else {
+                    _mm256_maskstore_ps(row, m0, v0);
+                    if t.nr > 8 {
+                        _mm256_maskstore_ps(row.add(8), m1, v1);
+                    }
+                }
             }
         }
         return;
     }
-    // Partial or strided tile: through a buffer, element by element.
+    // Strided output columns: through a buffer, element by element.
     let mut tmp = [0.0f32; MR * NR];
     for (i, r) in acc.iter().enumerate() {
         // SAFETY: tmp has MR*NR elements; row i covers i*NR..i*NR+16.
