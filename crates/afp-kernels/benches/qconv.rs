@@ -118,7 +118,9 @@ fn bench(c: &mut Criterion) {
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(2));
     for (m, k) in [(1000usize, 2048usize), (4096, 4096)] {
-        let w_int: Vec<i32> = (0..m * k).map(|i| (i * 5 % 25) as i32 - 12).collect();
+        // E2M1 (4-bit) weight integers: 15 distinct values, so the Gemm keeps a nibble copy.
+        const E2M1: [i32; 15] = [-12, -8, -6, -4, -3, -2, -1, 0, 1, 2, 3, 4, 6, 8, 12];
+        let w_int: Vec<i32> = (0..m * k).map(|i| E2M1[i * 7 % 15]).collect();
         let weight: Vec<f32> = w_int.iter().map(|&v| v as f32 / 64.0).collect();
         let x: Vec<f32> = (0..k).map(|i| (i % 11) as f32 * 0.3).collect();
         let mut out = vec![0f32; m];

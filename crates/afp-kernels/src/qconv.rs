@@ -773,21 +773,28 @@ impl QConv {
                             .map(move |r0| (ig, r0..(r0 + rows_per).min(cog)))
                     })
                     .collect();
-                tasks.into_par_iter().for_each(|(ig, rows)| {
-                    let gi = ig % g;
-                    let ep = epilogue(ig);
-                    let src = &qb[ig * plane..(ig + 1) * plane];
-                    let mut xe = Vec::new();
-                    for j in 0..ohw {
+                // Each column expanded once, before the tasks that share it.
+                let xes: Vec<Vec<u8>> = (0..n * g * ohw)
+                    .map(|c| {
+                        let (ig, j) = (c / ohw, c % ohw);
+                        let src = &qb[ig * plane..(ig + 1) * plane];
                         let quad = |q: usize| -> [u8; 4] {
                             let i = (q * hw + j) * 4;
                             [src[i], src[i + 1], src[i + 2], src[i + 3]]
                         };
+                        let mut xe = Vec::new();
                         crate::qgemm::expand_column((0..kq).map(quad), kq, &mut xe);
+                        xe
+                    })
+                    .collect();
+                tasks.into_par_iter().for_each(|(ig, rows)| {
+                    let gi = ig % g;
+                    let ep = epilogue(ig);
+                    for (j, xe) in xes[ig * ohw..(ig + 1) * ohw].iter().enumerate() {
                         // SAFETY: tasks partition (image, group, rows); each writes its rows
                         // of every column once.
                         unsafe {
-                            crate::qgemm::gemv(&groups[gi], &xe, rows.clone(), j, &ep, outs[ig])
+                            crate::qgemm::gemv(&groups[gi], xe, rows.clone(), j, &ep, outs[ig])
                         };
                     }
                 });
@@ -1072,6 +1079,22 @@ fn encode_quads<T: BlockBuf>(
     zero: T,
 ) {
     debug_assert_eq!(dst.len(), n * g * cq * hw * 4);
+    if hw == 1 {
+        // One pixel per quad (a Gemm at batch 1, a 1x1 plane): the quads are the channels
+        // in order, too few per plane to hand out to threads one by one.
+        for (ig, d) in dst.chunks_exact_mut(cq * 4).enumerate() {
+            let (img, gi) = (ig / g, ig % g);
+            let base = img * inl.img + gi * cig * inl.chan;
+            for (c, d) in d.iter_mut().enumerate() {
+                *d = if c < cig {
+                    T::from_i32(enc.encode(input[base + c * inl.chan]) + zero.widen() as i32)
+                } else {
+                    zero
+                };
+            }
+        }
+        return;
+    }
     let avx2 = crate::qgemm::avx2_available();
     // Quad planes split into runs of pixels, so a 3-channel stem (one plane) still uses
     // every thread.
@@ -1341,9 +1364,18 @@ impl QGemm {
             pads: [0; 4],
             group: 1,
         };
-        Ok(QGemm {
-            inner: QConv::new(conv, w, w_max, enc, mult, bias, act)?,
-        })
+        let mut inner = QConv::new(conv, w, w_max, enc, mult, bias, act)?;
+        // A Gemm runs at batch 1 as a matrix-vector product, memory bound: weights of at
+        // most 16 distinct values (4-bit formats) get a copy at half the bytes for it.
+        if let Some(QWeights::Gemm { groups, .. }) = std::sync::Arc::get_mut(&mut inner.weights) {
+            for g in groups.iter_mut() {
+                if let PackedWeights::U8I8(a, kern) = g {
+                    let a = std::mem::replace(a, PackedA::new(0, 0, &[]));
+                    *g = PackedWeights::U8I8(a.with_nibbles(), *kern);
+                }
+            }
+        }
+        Ok(QGemm { inner })
     }
     pub fn rows(&self) -> usize {
         self.inner.conv.c_out
@@ -1862,5 +1894,62 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// 4-bit weights (E2M1's integers) at batch 1 run from the nibble copy: the same outputs
+    /// as from the i8 panels and as the integer reference, bit for bit, for panels of an odd
+    /// and an even number of 64-byte blocks and a partial last panel; 17 distinct values get
+    /// no copy.
+    #[test]
+    fn nibble_weights_equal_the_i8_ones() {
+        const E2M1: [i32; 15] = [-12, -8, -6, -4, -3, -2, -1, 0, 1, 2, 3, 4, 6, 8, 12];
+        let mut seed = 9;
+        for (m, k) in [(37, 16 * 5), (10, 16 * 8), (5, 2048)] {
+            let wt: Vec<i32> = (0..m * k)
+                .map(|_| E2M1[(lcg(&mut seed) % 15) as usize])
+                .collect();
+            let enc = ActEncoder::new(-5, 7, 255, false).unwrap();
+            let q = QGemm::new(
+                m,
+                k,
+                &wt,
+                12,
+                enc,
+                vec![0.125f32; m],
+                None,
+                Activation::None,
+            )
+            .unwrap();
+            let QWeights::Gemm { groups, .. } = q.inner.weights.as_ref() else {
+                panic!("a Gemm has packed weights");
+            };
+            let PackedWeights::U8I8(a, _) = &groups[0] else {
+                panic!("E2M1 weights take the u8 x i8 path");
+            };
+            assert!(a.has_nibbles(), "{m}x{k}");
+            let x: Vec<f32> = (0..k)
+                .map(|_| (lcg(&mut seed) % 1000) as f32 / 100.0)
+                .collect();
+            let mut with = vec![0f32; m];
+            q.run(1, &x, &mut with, &mut QScratch::default());
+            crate::qgemm::NO_NIBBLES.with(|c| c.set(true));
+            let mut without = vec![0f32; m];
+            q.run(1, &x, &mut without, &mut QScratch::default());
+            crate::qgemm::NO_NIBBLES.with(|c| c.set(false));
+            for r in 0..m {
+                let acc: i64 = (0..k)
+                    .map(|kk| enc.encode(x[kk]) as i64 * wt[r * k + kk] as i64)
+                    .sum();
+                assert_eq!(with[r], acc as f32 * 0.125, "{m}x{k} row {r}");
+                assert_eq!(with[r].to_bits(), without[r].to_bits(), "{m}x{k} row {r}");
+            }
+        }
+        let wt: Vec<i32> = (0..4 * 64).map(|i| (i % 17) - 8).collect();
+        let enc = ActEncoder::new(-5, 7, 255, false).unwrap();
+        let q = QGemm::new(4, 64, &wt, 8, enc, vec![1.0; 4], None, Activation::None).unwrap();
+        let QWeights::Gemm { groups, .. } = q.inner.weights.as_ref() else {
+            panic!("a Gemm has packed weights");
+        };
+        assert!(matches!(&groups[0], PackedWeights::U8I8(a, _) if !a.has_nibbles()));
     }
 }

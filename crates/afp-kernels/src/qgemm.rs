@@ -55,6 +55,21 @@ pub struct PackedA<T> {
     pub m: usize,
     pub kq: usize,
     data: Vec<T>,
+    /// The same weights as 4-bit indices into a table, for the matrix-vector kernel (see
+    /// [`PackedA::with_nibbles`]).
+    nibbles: Option<Nibbles>,
+}
+
+/// Weights that take at most 16 distinct values, as 4-bit indices: each 64 bytes of
+/// [`PackedA`]'s `data` (from the start) become 32 bytes, byte `i` holding the index of value
+/// `i` in its low nibble and of value `32 + i` in its high nibble. The matrix-vector kernel
+/// reads half the bytes and turns indices back into the i8 weights in registers (one table
+/// lookup per 32 weights), so the integer products are the same.
+#[derive(Debug, Clone)]
+struct Nibbles {
+    data: Vec<u8>,
+    /// Weight per index (unused indices 0).
+    table: [i8; 16],
 }
 
 impl<T: Int> PackedA<T> {
@@ -70,7 +85,12 @@ impl<T: Int> PackedA<T> {
                 data[base + (kk / 4) * MR * 4 + kk % 4] = v;
             }
         }
-        PackedA { m, kq, data }
+        PackedA {
+            m,
+            kq,
+            data,
+            nibbles: None,
+        }
     }
 
     fn panel(&self, p: usize) -> &[T] {
@@ -86,6 +106,42 @@ impl<T: Int> PackedA<T> {
 
     pub fn bytes(&self) -> usize {
         self.data.len() * std::mem::size_of::<T>()
+            + self.nibbles.as_ref().map_or(0, |n| n.data.len())
+    }
+}
+
+impl PackedA<i8> {
+    /// Adds the 4-bit copy of the weights (kept beside the i8 panels, which the tile kernels
+    /// read) when they take at most 16 distinct values and each panel is whole 64-byte blocks
+    /// (`kq` a multiple of 4); otherwise returns `self` as it was.
+    pub fn with_nibbles(mut self) -> Self {
+        if !self.kq.is_multiple_of(4) {
+            return self;
+        }
+        let mut values: Vec<i8> = self.data.clone();
+        values.sort_unstable();
+        values.dedup();
+        if values.len() > 16 {
+            return self;
+        }
+        let mut table = [0i8; 16];
+        table[..values.len()].copy_from_slice(&values);
+        let index = |v: i8| values.binary_search(&v).expect("value of the set") as u8;
+        // Whole blocks of the panels; the 16 bytes of slack past them are zeros.
+        let blocks = (self.data.len() - 16) / 64;
+        let data = (0..blocks * 32)
+            .map(|j| {
+                let (b, i) = (j / 32, j % 32);
+                index(self.data[b * 64 + i]) | index(self.data[b * 64 + 32 + i]) << 4
+            })
+            .collect();
+        self.nibbles = Some(Nibbles { data, table });
+        self
+    }
+
+    /// Whether the 4-bit copy is there (and so used by the AVX2 matrix-vector kernel).
+    pub fn has_nibbles(&self) -> bool {
+        self.nibbles.is_some()
     }
 }
 
@@ -110,6 +166,21 @@ impl U8I8Bounds {
     pub fn sum_fits_i32(&self, k: usize) -> bool {
         (k as u128) * self.act_max as u128 * self.weight_max as u128 <= i32::MAX as u128
     }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Test-only switch: the matrix-vector kernel ignores the 4-bit copy, so tests can
+    /// compare the two.
+    pub(crate) static NO_NIBBLES: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+#[inline]
+fn nibbles_off() -> bool {
+    #[cfg(test)]
+    return NO_NIBBLES.with(|c| c.get());
+    #[cfg(not(test))]
+    false
 }
 
 #[cfg(test)]
@@ -647,13 +718,12 @@ fn tile(w: &PackedWeights, p: usize, b: ActPanels<'_>, off: usize) -> Tile {
 /// of a panel, `[quad][row][4]`, plus 16 zeros of slack.
 pub fn expand_column(x_quads: impl Iterator<Item = [u8; 4]>, kq: usize, dst: &mut Vec<u8>) {
     dst.clear();
-    dst.reserve(kq * 16 + 16);
-    for q in x_quads.take(kq) {
-        for _ in 0..MR {
-            dst.extend_from_slice(&q);
+    dst.resize(kq * 16 + 16, 0);
+    for (d, q) in dst.chunks_exact_mut(16).zip(x_quads.take(kq)) {
+        for r in d.chunks_exact_mut(4) {
+            r.copy_from_slice(&q);
         }
     }
-    dst.resize(kq * 16 + 16, 0);
 }
 
 /// Sums of one `u8 x i8` weight panel against one expanded column, AVX2: 32 products per
@@ -692,6 +762,20 @@ unsafe fn panel_dot_avx2(a: &[i8], xe: &[u8], kq: usize) -> [i32; MR] {
         );
         qq += 2;
     }
+    // SAFETY: AVX2 present (this function's contract).
+    unsafe { row_sums(acc) }
+}
+
+/// The 4 row sums of a panel's accumulators (each 32-bit lane holds a partial sum of row
+/// `lane % 4`).
+///
+/// # Safety
+/// AVX2 present.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn row_sums(acc: [std::arch::x86_64::__m256i; 4]) -> [i32; MR] {
+    use std::arch::x86_64::*;
     let s = _mm256_add_epi32(
         _mm256_add_epi32(acc[0], acc[1]),
         _mm256_add_epi32(acc[2], acc[3]),
@@ -699,8 +783,58 @@ unsafe fn panel_dot_avx2(a: &[i8], xe: &[u8], kq: usize) -> [i32; MR] {
     let r = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256::<1>(s));
     let mut out = [0i32; MR];
     // SAFETY: 4 i32 into a 4-element array.
-    _mm_storeu_si128(out.as_mut_ptr() as *mut __m128i, r);
+    unsafe { _mm_storeu_si128(out.as_mut_ptr() as *mut __m128i, r) };
     out
+}
+
+/// As [`panel_dot_avx2`], from the 4-bit copy: per 64 weights one 32-byte load of indices,
+/// two table lookups (`vpshufb`) back to the i8 weights, then the same products and sums.
+///
+/// # Safety
+/// AVX2 present; `nib` holds at least `kq * 8` bytes and `xe` at least `kq * 16` (asserted
+/// by the caller); `kq` is a multiple of 4.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn panel_dot_nibbles_avx2(nib: &[u8], table: &[i8; 16], xe: &[u8], kq: usize) -> [i32; MR] {
+    use std::arch::x86_64::*;
+    let (np, xp) = (nib.as_ptr(), xe.as_ptr());
+    let ones = _mm256_set1_epi16(1);
+    let low = _mm256_set1_epi8(0x0F);
+    // SAFETY: 16 bytes from a 16-element array.
+    let t = unsafe { _mm_loadu_si128(table.as_ptr() as *const __m128i) };
+    let tv = _mm256_broadcastsi128_si256(t);
+    // The pair sums of 64 weights (block `b`): indices to weights, times the column.
+    let block = |b: usize| {
+        // SAFETY: block b < kq / 4 reads nib[b*32..+32] and xe[b*64..+64] (contract).
+        unsafe {
+            let nv = _mm256_loadu_si256(np.add(b * 32) as *const __m256i);
+            let lo = _mm256_shuffle_epi8(tv, _mm256_and_si256(nv, low));
+            let hi = _mm256_shuffle_epi8(tv, _mm256_and_si256(_mm256_srli_epi16::<4>(nv), low));
+            let x0 = _mm256_loadu_si256(xp.add(b * 64) as *const __m256i);
+            let x1 = _mm256_loadu_si256(xp.add(b * 64 + 32) as *const __m256i);
+            (
+                _mm256_madd_epi16(_mm256_maddubs_epi16(x0, lo), ones),
+                _mm256_madd_epi16(_mm256_maddubs_epi16(x1, hi), ones),
+            )
+        }
+    };
+    let mut acc = [_mm256_setzero_si256(); 4];
+    let blocks = kq / 4;
+    // Two blocks per step into four accumulators (independent add chains).
+    for b in (0..blocks / 2 * 2).step_by(2) {
+        for u in 0..2 {
+            let (p0, p1) = block(b + u);
+            acc[2 * u] = _mm256_add_epi32(acc[2 * u], p0);
+            acc[2 * u + 1] = _mm256_add_epi32(acc[2 * u + 1], p1);
+        }
+    }
+    if blocks % 2 == 1 {
+        let (p0, p1) = block(blocks - 1);
+        acc[0] = _mm256_add_epi32(acc[0], p0);
+        acc[1] = _mm256_add_epi32(acc[1], p1);
+    }
+    // SAFETY: AVX2 present (this function's contract).
+    unsafe { row_sums(acc) }
 }
 
 /// Rows `rows` of `w` (u8 x i8 path) times one activation column `xe` (see
@@ -727,11 +861,17 @@ pub unsafe fn gemv(
         assert!(panel.len() >= kq * 16 + 16);
         let sums: [i32; MR] = match kern {
             #[cfg(target_arch = "x86_64")]
-            U8I8Kernel::Avx2Pair | U8I8Kernel::Avx2Quad => {
+            U8I8Kernel::Avx2Pair | U8I8Kernel::Avx2Quad => match &a.nibbles {
+                Some(nb) if !nibbles_off() => {
+                    let nib = &nb.data[p * kq * 8..][..kq * 8];
+                    // SAFETY: as below; panel p's indices are its kq * 16 values at 2 per
+                    // byte, and kq is a multiple of 4 (checked by `with_nibbles`).
+                    unsafe { panel_dot_nibbles_avx2(nib, &nb.table, xe, kq) }
+                }
                 // SAFETY: chosen only with AVX2 present (pair sums exact, as for the tile
                 // kernel); both operands hold kq * 16 + 16 values (asserted above).
-                unsafe { panel_dot_avx2(panel, xe, kq) }
-            }
+                _ => unsafe { panel_dot_avx2(panel, xe, kq) },
+            },
             _ => {
                 let mut s = [0i32; MR];
                 for q in 0..kq {
@@ -866,7 +1006,9 @@ unsafe fn store_tile(
         ),
         None => assert!(last < out.len, "qgemm: output tile out of bounds"),
     }
-    let mut v = [0f32; NR];
+    let mut full = [0f32; NR];
+    // Only the tile's columns (the matrix-vector kernel stores one).
+    let v = &mut full[..cols];
     for rr in 0..rows {
         let r = r0 + rr;
         let (m, b) = (ep.mult[r], ep.bias.map_or(0.0, |b| b[r]));
@@ -894,7 +1036,7 @@ unsafe fn store_tile(
                 let res = &res[base..base + cols];
                 v.iter_mut().zip(res).for_each(|(x, &a)| *x += a);
             } else {
-                for (c, x) in v[..cols].iter_mut().enumerate() {
+                for (c, x) in v.iter_mut().enumerate() {
                     *x += res[base + c * out.cs];
                 }
             }
@@ -904,22 +1046,19 @@ unsafe fn store_tile(
             Activation::None => {}
             Activation::Relu => v.iter_mut().for_each(|x| *x = x.max(0.0)),
             Activation::Clip { min, max } => v.iter_mut().for_each(|x| *x = x.max(min).min(max)),
-            act => act.apply_slice(&mut v[..cols]),
+            act => act.apply_slice(v),
         }
         if let Some(q) = out.quads {
-            for (c, &x) in v[..cols].iter().enumerate() {
+            for (c, &x) in v.iter().enumerate() {
                 // SAFETY: q.at(r, j0 + c) <= the last byte of the tile's quads < len
                 // (asserted); exclusive per the contract.
                 unsafe { *out.ptr.add(q.at(r, j0 + c)) = q.code(x) };
             }
-        } else if out.cs == 1 && cols == NR {
-            // SAFETY: base + NR - 1 <= last < len (asserted); exclusive per the contract.
-            unsafe { (out.f32_ptr().add(base) as *mut [f32; NR]).write_unaligned(v) };
         } else if out.cs == 1 {
             // SAFETY: base + cols - 1 <= last < len (asserted); exclusive per the contract.
             unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), out.f32_ptr().add(base), cols) };
         } else {
-            for (c, &x) in v[..cols].iter().enumerate() {
+            for (c, &x) in v.iter().enumerate() {
                 // SAFETY: base + c * cs <= last < len; exclusive per the contract.
                 unsafe { *out.f32_ptr().add(base + c * out.cs) = x };
             }
