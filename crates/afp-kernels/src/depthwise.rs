@@ -245,7 +245,26 @@ fn taps_fused<const K: usize>(row: &mut [f32], buf: &[f32], taps: &[usize], w: &
 
 thread_local! {
     /// Per-thread zero-padded copy of one input plane (fast path).
-    static PAD: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    static PAD: std::cell::RefCell<PaddedPlane> = const { std::cell::RefCell::new(PaddedPlane::new()) };
+}
+
+/// A zero-padded copy of one input plane for [`fast_plane`], reused from plane to plane:
+/// while the shape stays the same only the interior is rewritten, so the zero border is
+/// written once per shape and thread rather than the whole buffer once per plane.
+#[derive(Debug, Default)]
+pub(crate) struct PaddedPlane {
+    data: Vec<f32>,
+    /// `(ph, pw, pt, pl, h, w)` of the layout in `data`.
+    layout: (usize, usize, usize, usize, usize, usize),
+}
+
+impl PaddedPlane {
+    pub(crate) const fn new() -> Self {
+        PaddedPlane {
+            data: Vec::new(),
+            layout: (0, 0, 0, 0, 0, 0),
+        }
+    }
 }
 
 /// The AVX2 path covers square 3x3 / 5x5 kernels, stride 1 or 2, no
@@ -260,7 +279,7 @@ pub(crate) fn fast_ok(c: &Conv2d, act: Activation) -> bool {
         && crate::sgemm::avx2_available()
 }
 
-/// One output plane: the input plane is copied into a zero-padded buffer
+/// One output plane: the input plane is copied into a zero-padded buffer (its interior)
 /// (`pw` columns, wide enough that every 8-wide vector read of the last
 /// output vector stays inside), then each output row is 8 columns at a time
 /// `bias + sum_taps w * padded[oy*s + ki][ox*s + kj]`, clamped.
@@ -274,7 +293,7 @@ pub(crate) fn fast_plane(
     bias: f32,
     act: Activation,
     out: &mut [f32],
-    buf: &mut Vec<f32>,
+    pad: &mut PaddedPlane,
 ) {
     let (oh, ow) = c.out_hw(h, w);
     let (k, s) = (c.kh, c.stride[0]);
@@ -284,8 +303,13 @@ pub(crate) fn fast_plane(
     // the second load of stride 2).
     let pw = (w + pl).max((owv - 1) * s + k + 8);
     let ph = (h + pt).max((oh - 1) * s + k);
-    buf.clear();
-    buf.resize(ph * pw, 0.0);
+    let layout = (ph, pw, pt, pl, h, w);
+    if pad.layout != layout {
+        pad.data.clear();
+        pad.data.resize(ph * pw, 0.0);
+        pad.layout = layout;
+    }
+    let buf = &mut pad.data;
     for (y, src) in input.chunks_exact(w).enumerate() {
         buf[(y + pt) * pw + pl..][..w].copy_from_slice(src);
     }

@@ -225,11 +225,12 @@ pub struct QScratch {
     quads_i16: Vec<i16>,
 }
 
-type DwBuffers = (Vec<f32>, Vec<f32>);
+type DwBuffers = (Vec<f32>, crate::depthwise::PaddedPlane);
 
 thread_local! {
     /// The f32 depthwise path's encoded plane and padded copy.
-    static DW_F32: RefCell<DwBuffers> = const { RefCell::new((Vec::new(), Vec::new())) };
+    static DW_F32: RefCell<DwBuffers> =
+        const { RefCell::new((Vec::new(), crate::depthwise::PaddedPlane::new())) };
     static PLANE: RefCell<Vec<i32>> = const { RefCell::new(Vec::new()) };
     static BLOCK_U8: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
     static BLOCK_I16: RefCell<Vec<i16>> = const { RefCell::new(Vec::new()) };
