@@ -1370,9 +1370,8 @@ impl QGemm {
         // most 16 distinct values (4-bit formats) get a copy at half the bytes for it.
         if let Some(QWeights::Gemm { groups, .. }) = std::sync::Arc::get_mut(&mut inner.weights) {
             for g in groups.iter_mut() {
-                if let PackedWeights::U8I8(a, kern) = g {
-                    let a = std::mem::replace(a, PackedA::new(0, 0, &[]));
-                    *g = PackedWeights::U8I8(a.with_nibbles(), *kern);
+                if let PackedWeights::U8I8(a, _) = g {
+                    a.add_nibbles();
                 }
             }
         }

@@ -56,7 +56,7 @@ pub struct PackedA<T> {
     pub kq: usize,
     data: Vec<T>,
     /// The same weights as 4-bit indices into a table, for the matrix-vector kernel (see
-    /// [`PackedA::with_nibbles`]).
+    /// [`PackedA::add_nibbles`]).
     nibbles: Option<Nibbles>,
 }
 
@@ -113,20 +113,27 @@ impl<T: Int> PackedA<T> {
 impl PackedA<i8> {
     /// Adds the 4-bit copy of the weights (kept beside the i8 panels, which the tile kernels
     /// read) when they take at most 16 distinct values and each panel is whole 64-byte blocks
-    /// (`kq` a multiple of 4); otherwise returns `self` as it was.
-    pub fn with_nibbles(mut self) -> Self {
+    /// (`kq` a multiple of 4); otherwise leaves the weights as they are.
+    pub fn add_nibbles(&mut self) {
         if !self.kq.is_multiple_of(4) {
-            return self;
+            return;
         }
-        let mut values: Vec<i8> = self.data.clone();
-        values.sort_unstable();
-        values.dedup();
-        if values.len() > 16 {
-            return self;
+        let mut seen = [false; 256];
+        for &v in &self.data {
+            seen[(v as i16 + 128) as usize] = true;
         }
+        // Index per value, in increasing order of value.
         let mut table = [0i8; 16];
-        table[..values.len()].copy_from_slice(&values);
-        let index = |v: i8| values.binary_search(&v).expect("value of the set") as u8;
+        let mut index = [0u8; 256];
+        let present = seen.iter().enumerate().filter(|(_, &s)| s);
+        for (count, (slot, _)) in present.enumerate() {
+            if count == 16 {
+                return;
+            }
+            table[count] = (slot as i16 - 128) as i8;
+            index[slot] = count as u8;
+        }
+        let index = |v: i8| index[(v as i16 + 128) as usize];
         // Whole blocks of the panels; the 16 bytes of slack past them are zeros.
         let blocks = (self.data.len() - 16) / 64;
         let data = (0..blocks * 32)
@@ -136,7 +143,6 @@ impl PackedA<i8> {
             })
             .collect();
         self.nibbles = Some(Nibbles { data, table });
-        self
     }
 
     /// Whether the 4-bit copy is there (and so used by the AVX2 matrix-vector kernel).
@@ -865,7 +871,7 @@ pub unsafe fn gemv(
                 Some(nb) if !nibbles_off() => {
                     let nib = &nb.data[p * kq * 8..][..kq * 8];
                     // SAFETY: as below; panel p's indices are its kq * 16 values at 2 per
-                    // byte, and kq is a multiple of 4 (checked by `with_nibbles`).
+                    // byte, and kq is a multiple of 4 (checked by `add_nibbles`).
                     unsafe { panel_dot_nibbles_avx2(nib, &nb.table, xe, kq) }
                 }
                 // SAFETY: chosen only with AVX2 present (pair sums exact, as for the tile

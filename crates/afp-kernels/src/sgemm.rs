@@ -33,6 +33,18 @@ const MC: usize = 96;
 /// Columns of `B` packed at a time (`KC x NC` is 256 KiB: L2).
 const NC: usize = 256;
 
+/// `LANE_MASKS[NR - nr..][..8]` enables the first `nr` of 8 lanes (and `[NR + 8 - nr..]` the
+/// first `nr - 8`): masks for the columns of a partial strip.
+const LANE_MASKS: [i32; 2 * NR] = {
+    let mut m = [0i32; 2 * NR];
+    let mut i = 0;
+    while i < NR {
+        m[i] = -1;
+        i += 1;
+    }
+    m
+};
+
 /// Bias added in the epilogue.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Bias<'a> {
@@ -805,27 +817,18 @@ unsafe fn kernel_6x16<const PACKED: bool, const NV: usize>(
         // (16 or 24 output rows, 49-pixel planes) do not fall to the element loop.
         let (lo, hi) = (_mm256_set1_ps(p.lo), _mm256_set1_ps(p.hi));
         let full = t.nr == NR;
-        let lane = |j: usize| if j < t.nr { -1i32 } else { 0 };
-        let m0 = _mm256_setr_epi32(
-            lane(0),
-            lane(1),
-            lane(2),
-            lane(3),
-            lane(4),
-            lane(5),
-            lane(6),
-            lane(7),
-        );
-        let m1 = _mm256_setr_epi32(
-            lane(8),
-            lane(9),
-            lane(10),
-            lane(11),
-            lane(12),
-            lane(13),
-            lane(14),
-            lane(15),
-        );
+        // Lane masks of a partial strip (unused for a whole one): lane j of each half is
+        // enabled iff its column is < nr.
+        let mask = |from: usize| {
+            let m = &LANE_MASKS[from..][..8];
+            // SAFETY: 8 i32 from an 8-element slice.
+            unsafe { _mm256_loadu_si256(m.as_ptr() as *const __m256i) }
+        };
+        let (m0, m1) = if full {
+            (_mm256_setzero_si256(), _mm256_setzero_si256())
+        } else {
+            (mask(NR - t.nr), mask(NR + 8 - t.nr))
+        };
         // SAFETY (all loads and stores below): row i0+i < m for i < mr; the enabled
         // lanes are columns j0..j0+nr <= n with unit stride, inside the checked output
         // (function contract); the residual has the output's layout and span, and the
