@@ -6,7 +6,9 @@
 
 use std::time::Duration;
 
-use afp_kernels::{ActEncoder, Activation, Conv2d, QConv, QGemm, QScratch};
+use afp_kernels::{
+    ActEncoder, Activation, CodedWeights, Conv2d, LookupGemm, QConv, QGemm, QScratch,
+};
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 /// (name, c_in, c_out, hw, k, stride, pad)
@@ -162,6 +164,23 @@ fn bench(c: &mut Criterion) {
             pool.install(|| {
                 b.iter(|| {
                     q.run(1, black_box(&x), &mut out, &mut qs);
+                    black_box(&out);
+                })
+            })
+        });
+        // The lookup path on the same weights: one code byte each, decoded (in registers
+        // where the CPU has AVX-512) and multiplied in f32.
+        let table: Vec<f32> = E2M1.iter().map(|&v| v as f32).collect();
+        let codes: Vec<u8> = w_int
+            .iter()
+            .map(|v| E2M1.iter().position(|e| e == v).unwrap() as u8)
+            .collect();
+        let coded = CodedWeights::new(m, k, codes, &table, vec![1.0 / 64.0; m]).unwrap();
+        let lg = LookupGemm::new(coded, 1.0, None, Activation::None).unwrap();
+        group.bench_function(format!("{m}x{k}/afp_lookup"), |b| {
+            pool.install(|| {
+                b.iter(|| {
+                    lg.run(1, black_box(&x), &mut out);
                     black_box(&out);
                 })
             })

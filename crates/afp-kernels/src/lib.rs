@@ -6,12 +6,13 @@
 //! (`rayon::current_num_threads()` decides how work is split), and are
 //! deterministic for a given thread count.
 //!
-//! `unsafe` code lives in three places, each with its soundness argument:
-//! the call into the `gemm` crate ([`matmul`](crate::matmul), the portable
-//! GEMM path), the AVX2+FMA GEMM micro-kernel (`sgemm`, bounds asserted
-//! before raw-pointer access; output tiles of different threads are
-//! disjoint) and the AVX2 depthwise row kernel (`depthwise`). The AVX2 paths
-//! are selected at run time with `is_x86_feature_detected!`.
+//! Every `unsafe` block states its soundness argument: the call into the
+//! `gemm` crate ([`matmul`](crate::matmul), the portable GEMM path), the
+//! AVX2+FMA GEMM micro-kernel (`sgemm`, bounds asserted before raw-pointer
+//! access; output tiles of different threads are disjoint), the AVX2
+//! depthwise row kernel (`depthwise`), and the integer kernels (`qgemm`,
+//! `qconv`: AVX-512 VNNI and AVX2). The vector paths are selected at run
+//! time with `is_x86_feature_detected!`.
 
 mod activation;
 mod conv;
@@ -29,7 +30,7 @@ pub use conv::Conv2d;
 pub use lookup::{CodedWeights, LookupConv, LookupGemm};
 pub use matmul::{gemm, GemmBias};
 pub use pool::{global_avg_pool, Pool2d};
-pub use qconv::{quads_fit, ActEncoder, QConv, QGemm, QScratch};
+pub use qconv::{quads_f32_len, quads_fit, ActEncoder, QConv, QGemm, QScratch};
 
 #[doc(hidden)]
 pub use matmul::{matmul, threads_for, MatLayout};

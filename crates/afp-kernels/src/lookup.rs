@@ -24,6 +24,8 @@ pub struct CodedWeights {
     /// Every byte decodes (codes a format does not use decode to 0).
     table: Box<[f32; 256]>,
     row_scale: Vec<f32>,
+    /// Codes are below `32 * pieces` (the register decoder's table pieces).
+    pieces: usize,
 }
 
 impl CodedWeights {
@@ -54,12 +56,14 @@ impl CodedWeights {
         }
         let mut full = Box::new([0.0f32; 256]);
         full[..table.len()].copy_from_slice(table);
+        let top = codes.iter().copied().max().unwrap_or(0) as usize;
         Ok(Self {
             rows,
             cols,
             codes,
             table: full,
             row_scale,
+            pieces: top / 32 + 1,
         })
     }
 
@@ -88,6 +92,7 @@ impl CodedWeights {
             k: self.cols,
             table: &self.table,
             row_scale: &self.row_scale,
+            pieces: self.pieces,
         }
     }
 }
@@ -100,6 +105,8 @@ pub(crate) struct CodedRows<'a> {
     pub k: usize,
     pub table: &'a [f32; 256],
     pub row_scale: &'a [f32],
+    /// Every code is below `32 * pieces`.
+    pub pieces: usize,
 }
 
 impl CodedRows<'_> {
@@ -114,17 +121,15 @@ impl CodedRows<'_> {
             k: self.k,
             table: self.table,
             row_scale: &self.row_scale[r0..r0 + n],
+            pieces: self.pieces,
         }
     }
 
-    /// Decodes row `r`, columns `c0..c0 + dst.len()`.
+    /// Decodes row `r`, columns `c0..c0 + dst.len()`: `table[code] * row_scale[r]`.
     #[inline]
     pub fn decode_row(&self, r: usize, c0: usize, dst: &mut [f32]) {
-        let s = self.row_scale[r];
         let codes = &self.codes[r * self.k + c0..][..dst.len()];
-        for (d, &c) in dst.iter_mut().zip(codes) {
-            *d = self.table[c as usize] * s;
-        }
+        decode(self.table, self.pieces, codes, self.row_scale[r], dst);
     }
 
     /// Decodes every row into `dst` (`rows * k`, row-major).
@@ -136,6 +141,100 @@ impl CodedRows<'_> {
         {
             self.decode_row(r, 0, row);
         }
+    }
+}
+
+#[cfg(test)]
+pub(crate) static FORCE_SCALAR_DECODE: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the AVX-512 register decoder can run here.
+fn avx512_decode_available() -> bool {
+    #[cfg(test)]
+    if FORCE_SCALAR_DECODE.load(std::sync::atomic::Ordering::Relaxed) {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `dst[i] = table[codes[i]] * scale`, for codes below `32 * pieces`: in registers with
+/// AVX-512 where the CPU has it, else through the table in memory. The same f32 values
+/// either way (one lookup, one multiply).
+pub(crate) fn decode(table: &[f32; 256], pieces: usize, codes: &[u8], scale: f32, dst: &mut [f32]) {
+    assert_eq!(codes.len(), dst.len(), "decode: lengths");
+    assert!((1..=8).contains(&pieces), "decode: table pieces");
+    #[cfg(target_arch = "x86_64")]
+    if avx512_decode_available() {
+        // SAFETY: AVX-512 F, BW and VL present (checked above); lengths and pieces asserted.
+        unsafe { decode_avx512(table, pieces, codes, scale, dst) };
+        return;
+    }
+    for (d, &c) in dst.iter_mut().zip(codes) {
+        *d = table[c as usize] * scale;
+    }
+}
+
+/// The table lives in registers as 32-entry pieces, two 16-float vectors each: one
+/// `vpermt2ps` looks 16 codes up in a piece (it reads the code's low 5 bits), and for tables
+/// past 32 entries each further piece's result replaces the lanes whose code is at least its
+/// start. 16 codes a step, the last step masked.
+///
+/// # Safety
+/// AVX-512 F, BW and VL present; `codes.len() == dst.len()`; `1 <= pieces <= 8`; every code is
+/// below `32 * pieces` (codes past it would take the last piece's entry for their low bits).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn decode_avx512(
+    table: &[f32; 256],
+    pieces: usize,
+    codes: &[u8],
+    scale: f32,
+    dst: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let tp = table.as_ptr();
+    // SAFETY: piece p < 8 is the 32 floats at 32p, inside the 256-entry table.
+    let piece = |p: usize| unsafe {
+        (
+            _mm512_loadu_ps(tp.add(32 * p)),
+            _mm512_loadu_ps(tp.add(32 * p + 16)),
+        )
+    };
+    let t: [(__m512, __m512); 8] = std::array::from_fn(|p| match p < pieces {
+        true => piece(p),
+        false => (_mm512_setzero_ps(), _mm512_setzero_ps()),
+    });
+    let sv = _mm512_set1_ps(scale);
+    let n = dst.len();
+    let mut i = 0;
+    while i < n {
+        let len = (n - i).min(16);
+        let mask: __mmask16 = if len == 16 {
+            u16::MAX
+        } else {
+            (1u16 << len) - 1
+        };
+        // SAFETY: the enabled lanes are codes i..i+len and dst i..i+len, inside both slices
+        // (equal lengths, asserted by the caller); masked-off lanes are not accessed.
+        let c = unsafe { _mm_maskz_loadu_epi8(mask, codes.as_ptr().add(i) as *const i8) };
+        let idx = _mm512_cvtepu8_epi32(c);
+        let mut v = _mm512_permutex2var_ps(t[0].0, idx, t[0].1);
+        for (p, &(lo, hi)) in t.iter().enumerate().take(pieces).skip(1) {
+            let from = _mm512_cmpge_epu32_mask(idx, _mm512_set1_epi32(32 * p as i32));
+            v = _mm512_mask_mov_ps(v, from, _mm512_permutex2var_ps(lo, idx, hi));
+        }
+        // SAFETY: as the load above.
+        unsafe { _mm512_mask_storeu_ps(dst.as_mut_ptr().add(i), mask, _mm512_mul_ps(v, sv)) };
+        i += 16;
     }
 }
 
@@ -345,6 +444,37 @@ mod tests {
     use super::*;
     use crate::test_rand::{rand_vec, KERNEL_PATH_LOCK};
     use std::sync::atomic::Ordering;
+
+    /// The register decoder gives `table[code] * scale` bit for bit, for tables of 1 to 8
+    /// pieces (codes up to 255), lengths with and without a partial last step, and negative
+    /// zero and subnormal scales.
+    #[test]
+    fn register_decode_equals_the_table() {
+        let mut seed = 5;
+        let table: [f32; 256] = std::array::from_fn(|c| {
+            let v = rand_vec(1, &mut seed)[0];
+            v * 2f32.powi(c as i32 % 40 - 20)
+        });
+        for pieces in 1..=8usize {
+            for len in [0usize, 1, 15, 16, 17, 33, 64, 250] {
+                let codes: Vec<u8> = (0..len)
+                    .map(|i| ((i * 37 + pieces * 11) % (32 * pieces)) as u8)
+                    .collect();
+                for scale in [0.75f32, -0.0, 1e-40, 3.5] {
+                    let mut got = vec![f32::NAN; len];
+                    decode(&table, pieces, &codes, scale, &mut got);
+                    for (i, (&g, &c)) in got.iter().zip(&codes).enumerate() {
+                        let want = table[c as usize] * scale;
+                        assert_eq!(
+                            g.to_bits(),
+                            want.to_bits(),
+                            "{pieces} pieces, len {len}, {i}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 
     fn coded(rows: usize, cols: usize, seed: &mut u64) -> (CodedWeights, Vec<f32>) {
         // A 5-bit-like table: sign-symmetric values with wide exponents, codes above 32 unused.

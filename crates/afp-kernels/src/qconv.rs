@@ -181,11 +181,18 @@ pub struct QConv {
 /// the panel of slack the kernels read past them: the space a producer writing quads
 /// ([`QConv::writing_quads`]) finds in its f32 output buffer.
 pub fn quads_fit(shape: &[usize]) -> bool {
+    quads_f32_len(shape).is_some_and(|len| len <= shape.iter().product())
+}
+
+/// The f32 elements a buffer needs to hold the channel quads of an `[n, c, h, w]` tensor and
+/// the panel of slack its reader may touch: a quarter of the f32 tensor's, about. `None` for
+/// other shapes.
+pub fn quads_f32_len(shape: &[usize]) -> Option<usize> {
     let [n, c, h, w] = shape else {
-        return false;
+        return None;
     };
     let quads = n * c.div_ceil(4) * 4 * h * w;
-    quads + NR * 4 <= 4 * n * c * h * w
+    Some((quads + NR * 4).div_ceil(4))
 }
 
 /// Chooses the activation storage for a layer of depth `k` and weights up to `w_max`.
@@ -540,10 +547,30 @@ impl QConv {
     ) {
         let c = &self.conv;
         let (oh, ow) = c.out_hw(h, w);
-        assert_eq!(input.len(), n * c.c_in * h * w, "qconv: input length");
-        assert_eq!(out.len(), n * c.c_out * oh * ow, "qconv: output length");
+        // Channel quads take the buffer's first quarter or so (`quads_f32_len`); f32 tensors
+        // all of it.
+        let (in_shape, out_shape) = ([n, c.c_in, h, w], [n, c.c_out, oh, ow]);
+        let out_len = out_shape.iter().product::<usize>();
+        match self.quads_in {
+            true => assert!(
+                quads_f32_len(&in_shape).is_some_and(|l| input.len() >= l),
+                "qconv: input quads length"
+            ),
+            false => assert_eq!(
+                input.len(),
+                in_shape.iter().product(),
+                "qconv: input length"
+            ),
+        }
+        match self.quads_out {
+            Some(_) => assert!(
+                quads_f32_len(&out_shape).is_some_and(|l| out.len() >= l),
+                "qconv: output quads length"
+            ),
+            None => assert_eq!(out.len(), out_len, "qconv: output length"),
+        }
         if let Some(r) = residual {
-            assert_eq!(r.len(), out.len(), "qconv: residual length");
+            assert_eq!(r.len(), out_len, "qconv: residual length");
             assert_eq!(
                 self.act,
                 Activation::None,
@@ -764,9 +791,13 @@ impl QConv {
         };
         if direct && ohw <= GEMV_MAX_COLS && matches!(groups[0], PackedWeights::U8I8(..)) {
             if let Some(qb) = T::as_u8(quads) {
-                // Memory bound: split the rows finely so both threads stream weights.
+                // Memory bound: split the rows finely so both threads stream weights, in
+                // whole row groups of the 4-bit kernels where they run.
                 let chunks = (4 * threads).clamp(1, row_panels);
-                let rows_per = row_panels.div_ceil(chunks) * MR;
+                let mut rows_per = row_panels.div_ceil(chunks) * MR;
+                if matches!(&groups[0], PackedWeights::U8I8(a, _) if a.has_nibbles()) {
+                    rows_per = rows_per.next_multiple_of(crate::qgemm::GROUP_ROWS);
+                }
                 let tasks: Vec<(usize, std::ops::Range<usize>)> = (0..n * g)
                     .flat_map(|ig| {
                         (0..cog)
@@ -775,7 +806,7 @@ impl QConv {
                     })
                     .collect();
                 // Each column expanded once, before the tasks that share it.
-                let xes: Vec<Vec<u8>> = (0..n * g * ohw)
+                let xes: Vec<crate::qgemm::Column> = (0..n * g * ohw)
                     .map(|c| {
                         let (ig, j) = (c / ohw, c % ohw);
                         let src = &qb[ig * plane..(ig + 1) * plane];
@@ -783,9 +814,7 @@ impl QConv {
                             let i = (q * hw + j) * 4;
                             [src[i], src[i + 1], src[i + 2], src[i + 3]]
                         };
-                        let mut xe = Vec::new();
-                        crate::qgemm::expand_column((0..kq).map(quad), kq, &mut xe);
-                        xe
+                        crate::qgemm::Column::new(&groups[ig % g], (0..kq).map(quad))
                     })
                     .collect();
                 tasks.into_par_iter().for_each(|(ig, rows)| {
@@ -1637,7 +1666,9 @@ mod tests {
         let _path = crate::test_rand::KERNEL_PATH_LOCK
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        for force_portable in [false, true] {
+        // Each integer path this CPU has: the best (VNNI where present), AVX2, portable.
+        for (no_vnni, force_portable) in [(false, false), (true, false), (false, true)] {
+            crate::qgemm::FORCE_NO_VNNI.store(no_vnni, std::sync::atomic::Ordering::SeqCst);
             crate::qgemm::FORCE_PORTABLE.store(force_portable, std::sync::atomic::Ordering::SeqCst);
             for (pc, cc, n, h, w, residual) in &cases {
                 for &(signed, ue, mb, max) in &encs {
@@ -1710,6 +1741,7 @@ mod tests {
             }
         }
         crate::qgemm::FORCE_PORTABLE.store(false, std::sync::atomic::Ordering::SeqCst);
+        crate::qgemm::FORCE_NO_VNNI.store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
     #[test]
@@ -1770,7 +1802,8 @@ mod tests {
         let _path = crate::test_rand::KERNEL_PATH_LOCK
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        for force_portable in [false, true] {
+        for (no_vnni, force_portable) in [(false, false), (true, false), (false, true)] {
+            crate::qgemm::FORCE_NO_VNNI.store(no_vnni, std::sync::atomic::Ordering::SeqCst);
             crate::qgemm::FORCE_PORTABLE.store(force_portable, std::sync::atomic::Ordering::SeqCst);
             // The f32 depthwise path runs on the FP32 kernel's AVX2 rows.
             crate::sgemm::FORCE_PORTABLE.store(force_portable, std::sync::atomic::Ordering::SeqCst);
@@ -1841,6 +1874,7 @@ mod tests {
             }
         }
         crate::qgemm::FORCE_PORTABLE.store(false, std::sync::atomic::Ordering::SeqCst);
+        crate::qgemm::FORCE_NO_VNNI.store(false, std::sync::atomic::Ordering::SeqCst);
         crate::sgemm::FORCE_PORTABLE.store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
@@ -1897,14 +1931,22 @@ mod tests {
     }
 
     /// 4-bit weights (E2M1's integers) at batch 1 run from the nibble copy: the same outputs
-    /// as from the i8 panels and as the integer reference, bit for bit, for panels of an odd
-    /// and an even number of 64-byte blocks and a partial last panel; 17 distinct values get
-    /// no copy.
+    /// as from the i8 panels and as the integer reference, bit for bit, for partial row groups,
+    /// an odd number of quads, and row groups split between tasks; 17 distinct values get no
+    /// copy.
     #[test]
     fn nibble_weights_equal_the_i8_ones() {
         const E2M1: [i32; 15] = [-12, -8, -6, -4, -3, -2, -1, 0, 1, 2, 3, 4, 6, 8, 12];
         let mut seed = 9;
-        for (m, k) in [(37, 16 * 5), (10, 16 * 8), (5, 2048)] {
+        let _path = crate::test_rand::KERNEL_PATH_LOCK
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        // The VNNI kernels where the CPU has them, then AVX2.
+        for (no_vnni, (m, k)) in [false, true]
+            .into_iter()
+            .flat_map(|v| [(37, 16 * 5), (10, 16 * 8), (5, 2048), (21, 84)].map(|s| (v, s)))
+        {
+            crate::qgemm::FORCE_NO_VNNI.store(no_vnni, std::sync::atomic::Ordering::SeqCst);
             let wt: Vec<i32> = (0..m * k)
                 .map(|_| E2M1[(lcg(&mut seed) % 15) as usize])
                 .collect();
@@ -1932,18 +1974,24 @@ mod tests {
                 .collect();
             let mut with = vec![0f32; m];
             q.run(1, &x, &mut with, &mut QScratch::default());
-            crate::qgemm::NO_NIBBLES.with(|c| c.set(true));
+            crate::qgemm::NO_NIBBLES.store(true, std::sync::atomic::Ordering::SeqCst);
             let mut without = vec![0f32; m];
             q.run(1, &x, &mut without, &mut QScratch::default());
-            crate::qgemm::NO_NIBBLES.with(|c| c.set(false));
+            crate::qgemm::NO_NIBBLES.store(false, std::sync::atomic::Ordering::SeqCst);
             for r in 0..m {
                 let acc: i64 = (0..k)
                     .map(|kk| enc.encode(x[kk]) as i64 * wt[r * k + kk] as i64)
                     .sum();
                 assert_eq!(with[r], acc as f32 * 0.125, "{m}x{k} row {r}");
-                assert_eq!(with[r].to_bits(), without[r].to_bits(), "{m}x{k} row {r}");
+                assert_eq!(
+                    with[r].to_bits(),
+                    without[r].to_bits(),
+                    "{m}x{k} row {r} {}",
+                    q.kernel_name()
+                );
             }
         }
+        crate::qgemm::FORCE_NO_VNNI.store(false, std::sync::atomic::Ordering::SeqCst);
         let wt: Vec<i32> = (0..4 * 64).map(|i| (i % 17) - 8).collect();
         let enc = ActEncoder::new(-5, 7, 255, false).unwrap();
         let q = QGemm::new(4, 64, &wt, 8, enc, vec![1.0; 4], None, Activation::None).unwrap();

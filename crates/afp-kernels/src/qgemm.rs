@@ -60,17 +60,25 @@ pub struct PackedA<T> {
     nibbles: Option<Nibbles>,
 }
 
-/// Weights that take at most 16 distinct values, as 4-bit indices: each 64 bytes of
-/// [`PackedA`]'s `data` (from the start) become 32 bytes, byte `i` holding the index of value
-/// `i` in its low nibble and of value `32 + i` in its high nibble. The matrix-vector kernel
-/// reads half the bytes and turns indices back into the i8 weights in registers (one table
-/// lookup per 32 weights), so the integer products are the same.
+/// Weights that take at most 16 distinct values, as 4-bit indices for the matrix-vector
+/// kernels, in groups of [`GROUP_ROWS`] rows: group `g`'s quads `2s` and `2s + 1` are the 64
+/// bytes at `(g * pairs + s) * 64`, byte `j` holding in its low nibble the index of weight
+/// `(16g + j / 4, 8s + j % 4)` and in its high nibble that of `(16g + j / 4, 8s + 4 + j % 4)`.
+/// One 64-byte load, two table lookups and two multiply-adds against a broadcast activation
+/// quad give 16 rows' sums over 8 k: the same integer products as from the i8 panels, from a
+/// quarter of the bytes and no expanded column. Rows past `m`, and the quad past an odd `kq`
+/// (multiplied by zero activations), hold the index of 0.
 #[derive(Debug, Clone)]
 struct Nibbles {
     data: Vec<u8>,
     /// Weight per index (unused indices 0).
     table: [i8; 16],
+    /// Quad pairs per row group: `kq.div_ceil(2)`.
+    pairs: usize,
 }
+
+/// Rows of one group of the 4-bit matrix-vector layout ([`Nibbles`]).
+pub const GROUP_ROWS: usize = 16;
 
 impl<T: Int> PackedA<T> {
     /// Packs the row-major `[m, 4 * kq]` matrix `w`.
@@ -112,12 +120,10 @@ impl<T: Int> PackedA<T> {
 
 impl PackedA<i8> {
     /// Adds the 4-bit copy of the weights (kept beside the i8 panels, which the tile kernels
-    /// read) when they take at most 16 distinct values and each panel is whole 64-byte blocks
-    /// (`kq` a multiple of 4); otherwise leaves the weights as they are.
+    /// read) when they take at most 16 distinct values; otherwise leaves the weights as they
+    /// are.
     pub fn add_nibbles(&mut self) {
-        if !self.kq.is_multiple_of(4) {
-            return;
-        }
+        // The packed data holds zeros (its slack at least), so 0 gets an index.
         let mut seen = [false; 256];
         for &v in &self.data {
             seen[(v as i16 + 128) as usize] = true;
@@ -133,21 +139,39 @@ impl PackedA<i8> {
             table[count] = (slot as i16 - 128) as i8;
             index[slot] = count as u8;
         }
-        let index = |v: i8| index[(v as i16 + 128) as usize];
-        // Whole blocks of the panels; the 16 bytes of slack past them are zeros.
-        let blocks = (self.data.len() - 16) / 64;
-        let data = (0..blocks * 32)
-            .map(|j| {
-                let (b, i) = (j / 32, j % 32);
-                index(self.data[b * 64 + i]) | index(self.data[b * 64 + 32 + i]) << 4
-            })
-            .collect();
-        self.nibbles = Some(Nibbles { data, table });
+        let (kq, m) = (self.kq, self.m);
+        // The index of weight (r, 4q + t), 0's past the matrix.
+        let at = |r: usize, q: usize, t: usize| -> u8 {
+            let v = match r < m && q < kq {
+                true => self.data[(r / MR) * kq * MR * 4 + q * MR * 4 + (r % MR) * 4 + t],
+                false => 0,
+            };
+            index[(v as i16 + 128) as usize]
+        };
+        let pairs = kq.div_ceil(2);
+        let groups = m.div_ceil(GROUP_ROWS);
+        let mut data = vec![0u8; groups * pairs * 64];
+        for (i, byte) in data.iter_mut().enumerate() {
+            let (g, s, j) = (i / (pairs * 64), i / 64 % pairs, i % 64);
+            let r = g * GROUP_ROWS + j / 4;
+            *byte = at(r, 2 * s, j % 4) | at(r, 2 * s + 1, j % 4) << 4;
+        }
+        self.nibbles = Some(Nibbles { data, table, pairs });
     }
 
-    /// Whether the 4-bit copy is there (and so used by the AVX2 matrix-vector kernel).
+    /// Whether the 4-bit copy is there (and so used by the AVX2 and VNNI matrix-vector
+    /// kernels).
     pub fn has_nibbles(&self) -> bool {
         self.nibbles.is_some()
+    }
+
+    /// The 4-bit copy, where a matrix-vector kernel reads it.
+    fn gemv_nibbles(&self, kern: U8I8Kernel) -> Option<&Nibbles> {
+        match kern {
+            U8I8Kernel::Portable => None,
+            _ if nibbles_off() => None,
+            _ => self.nibbles.as_ref(),
+        }
     }
 }
 
@@ -174,17 +198,16 @@ impl U8I8Bounds {
     }
 }
 
+/// Test-only switch: columns are made for the i8 panels even where the 4-bit copy is there,
+/// so tests can compare the two (flipped under `KERNEL_PATH_LOCK`).
 #[cfg(test)]
-thread_local! {
-    /// Test-only switch: the matrix-vector kernel ignores the 4-bit copy, so tests can
-    /// compare the two.
-    pub(crate) static NO_NIBBLES: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
+pub(crate) static NO_NIBBLES: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
 
 #[inline]
 fn nibbles_off() -> bool {
     #[cfg(test)]
-    return NO_NIBBLES.with(|c| c.get());
+    return NO_NIBBLES.load(std::sync::atomic::Ordering::Relaxed);
     #[cfg(not(test))]
     false
 }
@@ -210,18 +233,50 @@ pub fn avx2_available() -> bool {
     }
 }
 
+#[cfg(test)]
+pub(crate) static FORCE_NO_VNNI: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the AVX-512 VNNI integer kernels (`vpdpbusd`) can run here.
+#[inline]
+pub fn vnni_available() -> bool {
+    #[cfg(test)]
+    if FORCE_PORTABLE.load(std::sync::atomic::Ordering::Relaxed)
+        || FORCE_NO_VNNI.load(std::sync::atomic::Ordering::Relaxed)
+    {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Which kernel a `u8 x i8` product runs, chosen once per layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum U8I8Kernel {
     Portable,
     Avx2Pair,
     Avx2Quad,
+    /// AVX-512 VNNI: `vpdpbusd` adds four exact `u8 x i8` products straight into i32 (no
+    /// i16 step), so it is exact for any bounds whose i32 sum fits.
+    Vnni,
 }
 
 impl U8I8Kernel {
-    /// The fastest exact kernel for these bounds on this CPU.
+    /// The fastest exact kernel for these bounds on this CPU. Every `u8 x i8` kernel sums in
+    /// i32: callers check [`U8I8Bounds::sum_fits_i32`] first.
     pub fn choose(b: U8I8Bounds) -> U8I8Kernel {
-        if !avx2_available() || !b.pair_fits_i16() {
+        if vnni_available() {
+            U8I8Kernel::Vnni
+        } else if !avx2_available() || !b.pair_fits_i16() {
             U8I8Kernel::Portable
         } else if b.quad_fits_i16() {
             U8I8Kernel::Avx2Quad
@@ -234,7 +289,23 @@ impl U8I8Kernel {
             U8I8Kernel::Portable => "u8i8-portable",
             U8I8Kernel::Avx2Pair => "u8i8-avx2",
             U8I8Kernel::Avx2Quad => "u8i8-avx2-quad",
+            U8I8Kernel::Vnni => "u8i8-vnni",
         }
+    }
+
+    /// Every kernel that can run here exactly for these bounds (the tests run each).
+    pub fn available(b: U8I8Bounds) -> Vec<U8I8Kernel> {
+        let mut k = vec![U8I8Kernel::Portable];
+        if avx2_available() && b.pair_fits_i16() {
+            k.push(U8I8Kernel::Avx2Pair);
+            if b.quad_fits_i16() {
+                k.push(U8I8Kernel::Avx2Quad);
+            }
+        }
+        if vnni_available() {
+            k.push(U8I8Kernel::Vnni);
+        }
+        k
     }
 }
 
@@ -246,25 +317,30 @@ pub enum I16Kernel {
     /// `vpmaddwd` with i32 sums over runs of at most `chunk_quads` quads, each run's sums
     /// then added in i64: exact for any depth.
     Avx2 { chunk_quads: usize },
+    /// AVX-512 VNNI `vpdpwssd` (two products added into each i32 lane), in runs as `Avx2`.
+    Vnni { chunk_quads: usize },
 }
 
 impl I16Kernel {
     /// The fastest exact kernel on this CPU for activation and weight integers up to
     /// `act_max` and `weight_max` (both at most `i16::MAX`).
     pub fn choose(act_max: u32, weight_max: u32) -> I16Kernel {
-        if !avx2_available() {
-            return I16Kernel::Portable;
-        }
         // An i32 lane sums 2 products per quad: 2 * quads * act_max * weight_max <= i32::MAX.
         let per_quad = 2 * act_max.max(1) as u64 * weight_max.max(1) as u64;
-        I16Kernel::Avx2 {
-            chunk_quads: (i32::MAX as u64 / per_quad).max(1) as usize,
+        let chunk_quads = (i32::MAX as u64 / per_quad).max(1) as usize;
+        if vnni_available() {
+            I16Kernel::Vnni { chunk_quads }
+        } else if avx2_available() {
+            I16Kernel::Avx2 { chunk_quads }
+        } else {
+            I16Kernel::Portable
         }
     }
     pub fn name(self) -> &'static str {
         match self {
             I16Kernel::Portable => "i16-portable",
             I16Kernel::Avx2 { .. } => "i16-avx2",
+            I16Kernel::Vnni { .. } => "i16-vnni",
         }
     }
 }
@@ -386,15 +462,40 @@ fn tile_portable<A: Int, B: Int>(a: &[A], b: Panels<'_, B>, off: usize, kq: usiz
     Tile::I64(acc)
 }
 
-/// `u8 x i8` tile with AVX2. `QUAD`: add two `vpmaddubsw` results in i16 before widening
-/// (only when [`U8I8Bounds::quad_fits_i16`]).
+/// A `u8 x i8` tile's sums from one of the vector kernels ([`acc_u8i8_avx2`] for
+/// the AVX2 ones, [`acc_u8i8_vnni`]), in the same registers.
 ///
 /// # Safety
-/// The CPU must have AVX2, `a` must hold `kq * MR * 4` values and `b.check(off, kq)` must
-/// hold (both asserted by the caller, [`tile`]).
+/// `kern` is not `Portable` and the CPU has what it needs (AVX2; AVX-512 F, BW and VNNI for
+/// `Vnni`); `a` must hold `kq * MR * 4` values and `b.check(off, kq)` must hold.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn tile_u8i8_avx2<const QUAD: bool>(
+#[inline]
+unsafe fn acc_u8i8_simd(
+    kern: U8I8Kernel,
+    a: &[i8],
+    b: Panels<'_, u8>,
+    off: usize,
+    kq: usize,
+) -> [[std::arch::x86_64::__m256i; 2]; MR] {
+    // SAFETY: forwarded contract.
+    unsafe {
+        match kern {
+            U8I8Kernel::Vnni => acc_u8i8_vnni(a, b, off, kq),
+            U8I8Kernel::Avx2Quad => acc_u8i8_avx2::<true>(a, b, off, kq),
+            _ => acc_u8i8_avx2::<false>(a, b, off, kq),
+        }
+    }
+}
+
+/// A `u8 x i8` tile's sums from one of the vector kernels.
+///
+/// # Safety
+/// As [`acc_u8i8_simd`] (the caller, [`tile`], asserts the bounds).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn tile_u8i8_simd(
+    kern: U8I8Kernel,
     a: &[i8],
     b: Panels<'_, u8>,
     off: usize,
@@ -402,7 +503,7 @@ unsafe fn tile_u8i8_avx2<const QUAD: bool>(
 ) -> [[i32; NR]; MR] {
     use std::arch::x86_64::*;
     // SAFETY: forwarded contract.
-    let acc = unsafe { acc_u8i8_avx2::<QUAD>(a, b, off, kq) };
+    let acc = unsafe { acc_u8i8_simd(kern, a, b, off, kq) };
     let mut out = [[0i32; NR]; MR];
     for (o, acc_r) in out.iter_mut().zip(&acc) {
         // SAFETY: each row holds NR = 16 i32, written as two 8-lane vectors.
@@ -417,7 +518,8 @@ unsafe fn tile_u8i8_avx2<const QUAD: bool>(
 /// The `u8 x i8` tile's sums in registers: row `r`, columns `8h..8h+8` in `acc[r][h]`.
 ///
 /// # Safety
-/// As [`tile_u8i8_avx2`].
+/// The CPU must have AVX2, `a` must hold `kq * MR * 4` values and `b.check(off, kq)` must
+/// hold (both asserted by the caller).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[inline]
@@ -472,6 +574,62 @@ unsafe fn acc_u8i8_avx2<const QUAD: bool>(
             acc_r[1] = _mm256_add_epi32(acc_r[1], _mm256_madd_epi16(p1, ones));
         }
         q += 1;
+    }
+    acc
+}
+
+/// The `u8 x i8` tile's sums with AVX-512 VNNI, as [`acc_u8i8_avx2`] lays them out: one
+/// `vpdpbusd` per row and quad (a quad's 16 columns are one 64-byte vector), even and odd
+/// quads in separate accumulators so consecutive `vpdpbusd`s do not wait on each other.
+///
+/// # Safety
+/// The CPU must have AVX-512 F, BW and VNNI; otherwise as [`acc_u8i8_avx2`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[inline]
+unsafe fn acc_u8i8_vnni(
+    a: &[i8],
+    b: Panels<'_, u8>,
+    off: usize,
+    kq: usize,
+) -> [[std::arch::x86_64::__m256i; 2]; MR] {
+    use std::arch::x86_64::*;
+    let ap = a.as_ptr();
+    let bp = b.data.as_ptr().add(off);
+    let st = b.quad_stride;
+    let mut even = [_mm512_setzero_si512(); MR];
+    let mut odd = [_mm512_setzero_si512(); MR];
+    // SAFETY (both macros): q < kq and r < MR; A quad q row r is 4 bytes at q*16 + r*4 <
+    // kq*MR*4, B quad q is the 64 bytes at q*st, inside the checked panel extent.
+    macro_rules! wq {
+        ($q:expr, $r:expr) => {
+            _mm512_set1_epi32((ap.add($q * MR * 4 + $r * 4) as *const i32).read_unaligned())
+        };
+    }
+    macro_rules! bq {
+        ($q:expr) => {
+            _mm512_loadu_si512(bp.add($q * st) as *const __m512i)
+        };
+    }
+    let mut q = 0;
+    while q + 2 <= kq {
+        let (b0, b1) = (bq!(q), bq!(q + 1));
+        for r in 0..MR {
+            even[r] = _mm512_dpbusd_epi32(even[r], b0, wq!(q, r));
+            odd[r] = _mm512_dpbusd_epi32(odd[r], b1, wq!(q + 1, r));
+        }
+        q += 2;
+    }
+    if q < kq {
+        let b0 = bq!(q);
+        for (r, e) in even.iter_mut().enumerate() {
+            *e = _mm512_dpbusd_epi32(*e, b0, wq!(q, r));
+        }
+    }
+    let mut acc = [[_mm256_setzero_si256(); 2]; MR];
+    for ((acc_r, e), o) in acc.iter_mut().zip(even).zip(odd) {
+        let s = _mm512_add_epi32(e, o);
+        *acc_r = [_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64::<1>(s)];
     }
     acc
 }
@@ -533,6 +691,59 @@ unsafe fn tile_i16_avx2(
     out
 }
 
+/// `i16 x i16` tile with AVX-512 VNNI: `vpdpwssd` against each row's broadcast quad of
+/// weights, a quad's 16 columns in two 64-byte vectors; each i32 lane sums 2 products per quad
+/// over runs of at most `chunk` quads, as [`tile_i16_avx2`], and the two lanes of a column
+/// are then added into the i64 sums.
+///
+/// # Safety
+/// AVX-512 F, BW and VNNI present; otherwise as [`tile_i16_avx2`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn tile_i16_vnni(
+    a: &[i16],
+    b: Panels<'_, i16>,
+    off: usize,
+    kq: usize,
+    chunk: usize,
+) -> [[i64; NR]; MR] {
+    use std::arch::x86_64::*;
+    let ap = a.as_ptr();
+    let bp = b.data.as_ptr().add(off);
+    let st = b.quad_stride;
+    let mut out = [[0i64; NR]; MR];
+    let mut q0 = 0;
+    while q0 < kq {
+        let q1 = (q0 + chunk.max(1)).min(kq);
+        // Row r, columns 8h..8h+8 (two lanes each) in acc[r][h].
+        let mut acc = [[_mm512_setzero_si512(); 2]; MR];
+        for q in q0..q1 {
+            // SAFETY: quad q's 16 columns are 64 values at q*st, inside the checked panel
+            // extent; row r's quad of weights is 4 values at q*MR*4 + r*4 < kq*MR*4.
+            let b0 = _mm512_loadu_si512(bp.add(q * st) as *const __m512i);
+            let b1 = _mm512_loadu_si512(bp.add(q * st + 32) as *const __m512i);
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let w =
+                    _mm512_set1_epi64((ap.add(q * MR * 4 + r * 4) as *const i64).read_unaligned());
+                acc_r[0] = _mm512_dpwssd_epi32(acc_r[0], b0, w);
+                acc_r[1] = _mm512_dpwssd_epi32(acc_r[1], b1, w);
+            }
+        }
+        for (o, acc_r) in out.iter_mut().zip(&acc) {
+            for (h, &v) in acc_r.iter().enumerate() {
+                let mut lanes = [0i32; 16];
+                // SAFETY: 16 i32 into a 16-element array.
+                _mm512_storeu_si512(lanes.as_mut_ptr() as *mut __m512i, v);
+                for j in 0..8 {
+                    o[h * 8 + j] += lanes[2 * j] as i64 + lanes[2 * j + 1] as i64;
+                }
+            }
+        }
+        q0 = q1;
+    }
+    out
+}
+
 /// A whole `u8 x i8` tile (`MR` rows from `r0`, `NR` columns from `j0`, unit column stride)
 /// computed and stored through the epilogue in registers: `(sum - corr) * mult + bias`, the
 /// affine step, the residual, then the clamp `(lo, hi)` of the epilogue's activation
@@ -540,11 +751,12 @@ unsafe fn tile_i16_avx2(
 /// [`store_tile`] (multiply then add, never fused), so both give the same bits.
 ///
 /// # Safety
-/// As [`tile_u8i8_avx2`]; no other thread touches the tile's output elements.
+/// As [`acc_u8i8_simd`]; no other thread touches the tile's output elements.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile_store_u8i8_avx2<const QUAD: bool>(
+unsafe fn tile_store_u8i8_avx2(
+    kern: U8I8Kernel,
     a: &[i8],
     b: Panels<'_, u8>,
     off: usize,
@@ -580,8 +792,8 @@ unsafe fn tile_store_u8i8_avx2<const QUAD: bool>(
     // With quads: each row's codes shifted into byte `row % 4` of its pixels' words, one
     // vector of 8 pixels per half tile, stored once the quad's rows are all in.
     let mut words = [_mm256_setzero_si256(); NR / 8];
-    // SAFETY: forwarded contract.
-    let acc = unsafe { acc_u8i8_avx2::<QUAD>(a, b, off, kq) };
+    // SAFETY: forwarded contract (the kernel is one the CPU has).
+    let acc = unsafe { acc_u8i8_simd(kern, a, b, off, kq) };
     for (rr, acc_r) in acc.iter().enumerate() {
         let r = r0 + rr;
         let m = _mm256_set1_ps(ep.mult[r]);
@@ -651,22 +863,15 @@ unsafe fn tile_store_fast(
     if let (PackedWeights::U8I8(a, kern), ActPanels::U8(b)) = (w, b) {
         let lohi = ep.act.clamp_bounds();
         let uniform = out.quads.is_none_or(|q| q.enc.is_uniform());
-        if let (Some(lohi), U8I8Kernel::Avx2Quad | U8I8Kernel::Avx2Pair, true) =
-            (lohi, kern, uniform)
-        {
+        if let (Some(lohi), false, true) = (lohi, *kern == U8I8Kernel::Portable, uniform) {
             let kq = w.quads();
             assert!(b.check(off, kq), "qgemm: activation panel out of bounds");
             let a = a.panel(p);
-            // SAFETY: these kernels are chosen only with AVX2 present; the panel bounds are
-            // asserted above, `a.panel` holds kq * MR * 4 values; the tile is whole and
-            // exclusive (function contract).
-            unsafe {
-                if *kern == U8I8Kernel::Avx2Quad {
-                    tile_store_u8i8_avx2::<true>(a, b, off, kq, r0, j0, ep, lohi, out)
-                } else {
-                    tile_store_u8i8_avx2::<false>(a, b, off, kq, r0, j0, ep, lohi, out)
-                }
-            }
+            // SAFETY: the AVX2 kernels are chosen only with AVX2 present, VNNI only with
+            // AVX-512 F, BW, VL and VNNI (which imply AVX2); the panel bounds are asserted
+            // above, `a.panel` holds kq * MR * 4 values; the tile is whole and exclusive
+            // (function contract).
+            unsafe { tile_store_u8i8_avx2(*kern, a, b, off, kq, r0, j0, ep, lohi, out) };
             return true;
         }
     }
@@ -691,15 +896,11 @@ fn tile(w: &PackedWeights, p: usize, b: ActPanels<'_>, off: usize) -> Tile {
             let a = a.panel(p);
             match kern {
                 #[cfg(target_arch = "x86_64")]
-                U8I8Kernel::Avx2Quad => {
-                    // SAFETY: chosen only with AVX2 present; panel bounds asserted above, and
+                U8I8Kernel::Avx2Quad | U8I8Kernel::Avx2Pair | U8I8Kernel::Vnni => {
+                    // SAFETY: the AVX2 kernels are chosen only with AVX2 present, VNNI only
+                    // with AVX-512 F, BW, VL and VNNI; panel bounds asserted above, and
                     // `a.panel` holds kq * MR * 4 values.
-                    Tile::I32(unsafe { tile_u8i8_avx2::<true>(a, b, off, kq) })
-                }
-                #[cfg(target_arch = "x86_64")]
-                U8I8Kernel::Avx2Pair => {
-                    // SAFETY: as above.
-                    Tile::I32(unsafe { tile_u8i8_avx2::<false>(a, b, off, kq) })
+                    Tile::I32(unsafe { tile_u8i8_simd(*kern, a, b, off, kq) })
                 }
                 _ => tile_portable(a, b, off, kq),
             }
@@ -707,6 +908,12 @@ fn tile(w: &PackedWeights, p: usize, b: ActPanels<'_>, off: usize) -> Tile {
         (PackedWeights::I16(a, kern), ActPanels::I16(b)) => {
             assert!(b.check(off, kq), "qgemm: activation panel out of bounds");
             match *kern {
+                #[cfg(target_arch = "x86_64")]
+                I16Kernel::Vnni { chunk_quads } => {
+                    // SAFETY: chosen only with AVX-512 F, BW, VL and VNNI present; panel bounds
+                    // asserted above, and `a.panel` holds kq * MR * 4 values.
+                    Tile::I64(unsafe { tile_i16_vnni(a.panel(p), b, off, kq, chunk_quads) })
+                }
                 #[cfg(target_arch = "x86_64")]
                 I16Kernel::Avx2 { chunk_quads } => {
                     // SAFETY: chosen only with AVX2 present; panel bounds asserted above, and
@@ -720,15 +927,38 @@ fn tile(w: &PackedWeights, p: usize, b: ActPanels<'_>, off: usize) -> Tile {
     }
 }
 
-/// One activation column for [`gemv`]: quad `q` (4 consecutive k) repeated for the 4 rows
-/// of a panel, `[quad][row][4]`, plus 16 zeros of slack.
-pub fn expand_column(x_quads: impl Iterator<Item = [u8; 4]>, kq: usize, dst: &mut Vec<u8>) {
-    dst.clear();
-    dst.resize(kq * 16 + 16, 0);
-    for (d, q) in dst.chunks_exact_mut(16).zip(x_quads.take(kq)) {
-        for r in d.chunks_exact_mut(4) {
-            r.copy_from_slice(&q);
+/// One activation column for [`gemv`], in the form its weights' kernel reads: the quads (4
+/// consecutive k as one word, a zero word past an odd count) for the 4-bit kernels, which
+/// broadcast them; otherwise expanded, quad `q` repeated for the 4 rows of a panel,
+/// `[quad][row][4]`, plus 16 zeros of slack.
+pub struct Column {
+    quads: Vec<u32>,
+    expanded: Vec<u8>,
+}
+
+impl Column {
+    /// The column of `x_quads` (`w.quads()` of them) for weights `w`.
+    pub fn new(w: &PackedWeights, x_quads: impl Iterator<Item = [u8; 4]>) -> Column {
+        let kq = w.quads();
+        let mut c = Column {
+            quads: Vec::new(),
+            expanded: Vec::new(),
+        };
+        match w {
+            PackedWeights::U8I8(a, kern) if a.gemv_nibbles(*kern).is_some() => {
+                c.quads.extend(x_quads.take(kq).map(u32::from_le_bytes));
+                c.quads.resize(2 * kq.div_ceil(2), 0);
+            }
+            _ => {
+                c.expanded.resize(kq * 16 + 16, 0);
+                for (d, q) in c.expanded.chunks_exact_mut(16).zip(x_quads.take(kq)) {
+                    for r in d.chunks_exact_mut(4) {
+                        r.copy_from_slice(&q);
+                    }
+                }
+            }
         }
+        c
     }
 }
 
@@ -793,65 +1023,159 @@ unsafe fn row_sums(acc: [std::arch::x86_64::__m256i; 4]) -> [i32; MR] {
     out
 }
 
-/// As [`panel_dot_avx2`], from the 4-bit copy: per 64 weights one 32-byte load of indices,
-/// two table lookups (`vpshufb`) back to the i8 weights, then the same products and sums.
+/// As [`panel_dot_avx2`] with AVX-512 VNNI: one `vpdpbusd` per 64 weights (4 quads of 4
+/// rows), the last partial vector read with a byte mask.
 ///
 /// # Safety
-/// AVX2 present; `nib` holds at least `kq * 8` bytes and `xe` at least `kq * 16` (asserted
-/// by the caller); `kq` is a multiple of 4.
+/// AVX-512 F, BW and VNNI present; `a` and `xe` hold at least `kq * 16` values (asserted by
+/// the caller).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn panel_dot_vnni(a: &[i8], xe: &[u8], kq: usize) -> [i32; MR] {
+    use std::arch::x86_64::*;
+    let (ap, xp) = (a.as_ptr(), xe.as_ptr());
+    let mut acc = [_mm512_setzero_si512(); 4];
+    let mut qq = 0;
+    // SAFETY (all loads): 64 bytes at qq*16 with qq + 4 <= kq, within kq*16 (contract).
+    while qq + 16 <= kq {
+        for (u, acc_u) in acc.iter_mut().enumerate() {
+            let o = (qq + 4 * u) * 16;
+            let av = _mm512_loadu_si512(ap.add(o) as *const __m512i);
+            let xv = _mm512_loadu_si512(xp.add(o) as *const __m512i);
+            *acc_u = _mm512_dpbusd_epi32(*acc_u, xv, av);
+        }
+        qq += 16;
+    }
+    while qq + 4 <= kq {
+        let av = _mm512_loadu_si512(ap.add(qq * 16) as *const __m512i);
+        let xv = _mm512_loadu_si512(xp.add(qq * 16) as *const __m512i);
+        acc[0] = _mm512_dpbusd_epi32(acc[0], xv, av);
+        qq += 4;
+    }
+    if qq < kq {
+        // The last 1 to 3 quads: masked-off bytes are not read (and are zero).
+        let mask: __mmask64 = (1u64 << ((kq - qq) * 16)) - 1;
+        // SAFETY: the unmasked bytes are the (kq - qq) * 16 bytes at qq*16, within kq*16.
+        let av = _mm512_maskz_loadu_epi8(mask, ap.add(qq * 16));
+        let xv = _mm512_maskz_loadu_epi8(mask, xp.add(qq * 16) as *const i8);
+        acc[0] = _mm512_dpbusd_epi32(acc[0], xv, av);
+    }
+    let s = _mm512_add_epi32(
+        _mm512_add_epi32(acc[0], acc[1]),
+        _mm512_add_epi32(acc[2], acc[3]),
+    );
+    let h = _mm256_add_epi32(_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64::<1>(s));
+    // SAFETY: AVX2 present (implied by AVX-512 F).
+    unsafe {
+        row_sums([
+            h,
+            _mm256_setzero_si256(),
+            _mm256_setzero_si256(),
+            _mm256_setzero_si256(),
+        ])
+    }
+}
+
+/// The [`GROUP_ROWS`] row sums of row group `nib` (its `pairs * 64` bytes of the 4-bit
+/// layout, see [`Nibbles`]) against the column's quads `xq` (`2 * pairs` words), AVX2: per
+/// 32 index bytes two table lookups (`vpshufb`), then `vpmaddubsw` against the broadcast
+/// activation quads and `vpmaddwd` into 8 rows' i32 lanes. `QUAD`: the two quads' pair sums
+/// are added in i16 first (only when [`U8I8Bounds::quad_fits_i16`]).
+///
+/// # Safety
+/// AVX2 present; `nib.len() == pairs * 64` and `xq.len() == 2 * pairs` (asserted by the
+/// caller).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn panel_dot_nibbles_avx2(nib: &[u8], table: &[i8; 16], xe: &[u8], kq: usize) -> [i32; MR] {
+unsafe fn group_dot_nibbles_avx2<const QUAD: bool>(
+    nib: &[u8],
+    table: &[i8; 16],
+    xq: &[u32],
+    pairs: usize,
+) -> [i32; GROUP_ROWS] {
     use std::arch::x86_64::*;
-    let (np, xp) = (nib.as_ptr(), xe.as_ptr());
+    let np = nib.as_ptr();
     let ones = _mm256_set1_epi16(1);
     let low = _mm256_set1_epi8(0x0F);
     // SAFETY: 16 bytes from a 16-element array.
-    let t = unsafe { _mm_loadu_si128(table.as_ptr() as *const __m128i) };
-    let tv = _mm256_broadcastsi128_si256(t);
-    // The pair sums of 64 weights (block `b`): indices to weights, times the column.
-    let block = |b: usize| {
-        // SAFETY: block b < kq / 4 reads nib[b*32..+32] and xe[b*64..+64] (contract).
-        unsafe {
-            let nv = _mm256_loadu_si256(np.add(b * 32) as *const __m256i);
+    let tv =
+        _mm256_broadcastsi128_si256(unsafe { _mm_loadu_si128(table.as_ptr() as *const __m128i) });
+    // Rows 0..8 and 8..16.
+    let mut acc = [_mm256_setzero_si256(); 2];
+    for s in 0..pairs {
+        let x0 = _mm256_set1_epi32(xq[2 * s] as i32);
+        let x1 = _mm256_set1_epi32(xq[2 * s + 1] as i32);
+        for (h, acc_h) in acc.iter_mut().enumerate() {
+            // SAFETY: 32 bytes at s*64 + 32h, within pairs * 64 (contract).
+            let nv = unsafe { _mm256_loadu_si256(np.add(s * 64 + 32 * h) as *const __m256i) };
             let lo = _mm256_shuffle_epi8(tv, _mm256_and_si256(nv, low));
             let hi = _mm256_shuffle_epi8(tv, _mm256_and_si256(_mm256_srli_epi16::<4>(nv), low));
-            let x0 = _mm256_loadu_si256(xp.add(b * 64) as *const __m256i);
-            let x1 = _mm256_loadu_si256(xp.add(b * 64 + 32) as *const __m256i);
-            (
-                _mm256_madd_epi16(_mm256_maddubs_epi16(x0, lo), ones),
-                _mm256_madd_epi16(_mm256_maddubs_epi16(x1, hi), ones),
-            )
-        }
-    };
-    let mut acc = [_mm256_setzero_si256(); 4];
-    let blocks = kq / 4;
-    // Two blocks per step into four accumulators (independent add chains).
-    for b in (0..blocks / 2 * 2).step_by(2) {
-        for u in 0..2 {
-            let (p0, p1) = block(b + u);
-            acc[2 * u] = _mm256_add_epi32(acc[2 * u], p0);
-            acc[2 * u + 1] = _mm256_add_epi32(acc[2 * u + 1], p1);
+            let (p0, p1) = (_mm256_maddubs_epi16(x0, lo), _mm256_maddubs_epi16(x1, hi));
+            let s32 = if QUAD {
+                _mm256_madd_epi16(_mm256_add_epi16(p0, p1), ones)
+            } else {
+                _mm256_add_epi32(_mm256_madd_epi16(p0, ones), _mm256_madd_epi16(p1, ones))
+            };
+            *acc_h = _mm256_add_epi32(*acc_h, s32);
         }
     }
-    if blocks % 2 == 1 {
-        let (p0, p1) = block(blocks - 1);
-        acc[0] = _mm256_add_epi32(acc[0], p0);
-        acc[1] = _mm256_add_epi32(acc[1], p1);
+    let mut out = [0i32; GROUP_ROWS];
+    // SAFETY: 16 i32 into a 16-element array, as two 8-lane vectors.
+    unsafe {
+        _mm256_storeu_si256(out.as_mut_ptr() as *mut __m256i, acc[0]);
+        _mm256_storeu_si256(out.as_mut_ptr().add(8) as *mut __m256i, acc[1]);
     }
-    // SAFETY: AVX2 present (this function's contract).
-    unsafe { row_sums(acc) }
+    out
 }
 
-/// Rows `rows` of `w` (u8 x i8 path) times one activation column `xe` (see
-/// [`expand_column`]), stored as column `col` through `ep`. Memory bound: each weight byte is
-/// read once and used for one product.
+/// As [`group_dot_nibbles_avx2`] with AVX-512 VNNI: per 64 index bytes two table lookups and
+/// two `vpdpbusd` give all 16 rows' sums over 8 k; two quad pairs per step into separate
+/// accumulators.
+///
+/// # Safety
+/// AVX-512 F, BW and VNNI present; otherwise as [`group_dot_nibbles_avx2`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn group_dot_nibbles_vnni(
+    nib: &[u8],
+    table: &[i8; 16],
+    xq: &[u32],
+    pairs: usize,
+) -> [i32; GROUP_ROWS] {
+    use std::arch::x86_64::*;
+    let np = nib.as_ptr();
+    let low = _mm512_set1_epi8(0x0F);
+    // SAFETY: 16 bytes from a 16-element array.
+    let tv = _mm512_broadcast_i32x4(unsafe { _mm_loadu_si128(table.as_ptr() as *const __m128i) });
+    let mut acc = [_mm512_setzero_si512(); 4];
+    for s in 0..pairs {
+        // SAFETY: 64 bytes at s*64, within pairs * 64 (contract).
+        let nv = unsafe { _mm512_loadu_si512(np.add(s * 64) as *const __m512i) };
+        let lo = _mm512_shuffle_epi8(tv, _mm512_and_si512(nv, low));
+        let hi = _mm512_shuffle_epi8(tv, _mm512_and_si512(_mm512_srli_epi16::<4>(nv), low));
+        let u = 2 * (s % 2);
+        acc[u] = _mm512_dpbusd_epi32(acc[u], _mm512_set1_epi32(xq[2 * s] as i32), lo);
+        acc[u + 1] = _mm512_dpbusd_epi32(acc[u + 1], _mm512_set1_epi32(xq[2 * s + 1] as i32), hi);
+    }
+    let sum = _mm512_add_epi32(
+        _mm512_add_epi32(acc[0], acc[1]),
+        _mm512_add_epi32(acc[2], acc[3]),
+    );
+    let mut out = [0i32; GROUP_ROWS];
+    // SAFETY: 16 i32 into a 16-element array.
+    unsafe { _mm512_storeu_si512(out.as_mut_ptr() as *mut __m512i, sum) };
+    out
+}
+
+/// Rows `rows` (from a multiple of [`MR`]) of `w` (u8 x i8 path) times one activation
+/// column `x` (made by [`Column::new`] for `w`), stored as column `col` through `ep`. Memory
+/// bound: each weight is read once and used for one product.
 ///
 /// # Safety
 /// No other thread may touch the output elements of `rows` in column `col` during the call.
 pub unsafe fn gemv(
     w: &PackedWeights,
-    xe: &[u8],
+    x: &Column,
     rows: std::ops::Range<usize>,
     col: usize,
     ep: &Epilogue<'_>,
@@ -861,23 +1185,66 @@ pub unsafe fn gemv(
         panic!("qgemm: gemv needs the u8 x i8 path");
     };
     let kq = a.kq;
+    let end = rows.end.min(a.m);
+    // Stores `sums[i]` as row `r0 + i`, for the rows `lo..hi` (from a multiple of MR).
+    let store = |sums: &[i32], r0: usize, lo: usize, hi: usize| {
+        for t0 in (lo..hi).step_by(MR) {
+            let mut t = [[0i32; NR]; MR];
+            let nrows = (hi - t0).min(MR);
+            for (rr, t) in t.iter_mut().enumerate().take(nrows) {
+                t[0] = sums[t0 - r0 + rr];
+            }
+            // SAFETY: forwarded contract.
+            unsafe { store_tile(&Tile::I32(t), t0, nrows, col, 1, ep, out) };
+        }
+    };
+    // The column's form says which weights to read (see `Column::new`).
+    if let (Some(nb), false) = (&a.nibbles, x.quads.is_empty()) {
+        assert_eq!(
+            x.quads.len(),
+            2 * nb.pairs,
+            "qgemm: column not made for these weights"
+        );
+        let glen = nb.pairs * 64;
+        for g in (rows.start / GROUP_ROWS)..end.div_ceil(GROUP_ROWS) {
+            let nib = &nb.data[g * glen..(g + 1) * glen];
+            let sums = match kern {
+                // SAFETY (all three): VNNI is chosen only with AVX-512 F, BW, VL and VNNI,
+                // the AVX2 kernels only with AVX2 (pair sums exact, as for the tiles); `nib`
+                // is pairs * 64 bytes and the quads 2 * pairs words (asserted above).
+                #[cfg(target_arch = "x86_64")]
+                U8I8Kernel::Vnni => unsafe {
+                    group_dot_nibbles_vnni(nib, &nb.table, &x.quads, nb.pairs)
+                },
+                #[cfg(target_arch = "x86_64")]
+                U8I8Kernel::Avx2Quad => unsafe {
+                    group_dot_nibbles_avx2::<true>(nib, &nb.table, &x.quads, nb.pairs)
+                },
+                #[cfg(target_arch = "x86_64")]
+                U8I8Kernel::Avx2Pair => unsafe {
+                    group_dot_nibbles_avx2::<false>(nib, &nb.table, &x.quads, nb.pairs)
+                },
+                _ => unreachable!("no 4-bit kernel for {kern:?}"),
+            };
+            let r0 = g * GROUP_ROWS;
+            store(&sums, r0, rows.start.max(r0), end.min(r0 + GROUP_ROWS));
+        }
+        return;
+    }
+    let xe = &x.expanded;
     assert!(xe.len() >= kq * 16 + 16, "qgemm: short expanded column");
-    for p in (rows.start / MR)..rows.end.div_ceil(MR) {
+    for p in (rows.start / MR)..end.div_ceil(MR) {
         let panel = a.panel_from(p);
         assert!(panel.len() >= kq * 16 + 16);
         let sums: [i32; MR] = match kern {
             #[cfg(target_arch = "x86_64")]
-            U8I8Kernel::Avx2Pair | U8I8Kernel::Avx2Quad => match &a.nibbles {
-                Some(nb) if !nibbles_off() => {
-                    let nib = &nb.data[p * kq * 8..][..kq * 8];
-                    // SAFETY: as below; panel p's indices are its kq * 16 values at 2 per
-                    // byte, and kq is a multiple of 4 (checked by `add_nibbles`).
-                    unsafe { panel_dot_nibbles_avx2(nib, &nb.table, xe, kq) }
-                }
-                // SAFETY: chosen only with AVX2 present (pair sums exact, as for the tile
-                // kernel); both operands hold kq * 16 + 16 values (asserted above).
-                _ => unsafe { panel_dot_avx2(panel, xe, kq) },
-            },
+            // SAFETY: chosen only with AVX2 present (pair sums exact, as for the tile
+            // kernel); both operands hold kq * 16 + 16 values (asserted above).
+            U8I8Kernel::Avx2Pair | U8I8Kernel::Avx2Quad => unsafe { panel_dot_avx2(panel, xe, kq) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: chosen only with AVX-512 F, BW and VNNI present; both operands hold
+            // kq * 16 + 16 values (asserted above).
+            U8I8Kernel::Vnni => unsafe { panel_dot_vnni(panel, xe, kq) },
             _ => {
                 let mut s = [0i32; MR];
                 for q in 0..kq {
@@ -892,13 +1259,7 @@ pub unsafe fn gemv(
             }
         };
         let r0 = p * MR;
-        let nrows = (rows.end.min(a.m) - r0).min(MR);
-        let mut t = [[0i32; NR]; MR];
-        for (t, s) in t.iter_mut().zip(sums) {
-            t[0] = s;
-        }
-        // SAFETY: forwarded contract.
-        unsafe { store_tile(&Tile::I32(t), r0, nrows, col, 1, ep, out) };
+        store(&sums, r0, r0, end.min(r0 + MR));
     }
 }
 
@@ -1133,7 +1494,10 @@ const NARROW_TAIL_COLS: usize = 2;
 pub fn narrow_tail(w: &PackedWeights, tail: usize) -> bool {
     matches!(
         w,
-        PackedWeights::U8I8(_, U8I8Kernel::Avx2Pair | U8I8Kernel::Avx2Quad)
+        PackedWeights::U8I8(
+            _,
+            U8I8Kernel::Avx2Pair | U8I8Kernel::Avx2Quad | U8I8Kernel::Vnni
+        )
     ) && (1..=NARROW_TAIL_COLS).contains(&tail)
 }
 
@@ -1157,7 +1521,7 @@ pub unsafe fn compute(
     // the matrix-vector kernel, which multiplies only that column, where a tile would
     // multiply 16; its columns are expanded once for every row.
     let whole_end = cols.start + (cols.end - cols.start) / NR * NR;
-    let narrow: Option<Vec<Vec<u8>>> = match b {
+    let narrow: Option<Vec<Column>> = match b {
         ActPanels::U8(bp) if narrow_tail(w, cols.end - whole_end) => {
             let (off, kq) = (panel_off(whole_end), w.quads());
             assert!(bp.check(off, kq), "qgemm: activation panel out of bounds");
@@ -1166,9 +1530,7 @@ pub unsafe fn compute(
                     let i = off + q * bp.quad_stride + c * 4;
                     [bp.data[i], bp.data[i + 1], bp.data[i + 2], bp.data[i + 3]]
                 };
-                let mut xe = Vec::new();
-                expand_column((0..kq).map(quad), kq, &mut xe);
-                xe
+                Column::new(w, (0..kq).map(quad))
             };
             Some((0..cols.end - whole_end).map(expand).collect())
         }
@@ -1272,13 +1634,7 @@ mod tests {
                 act_max: amax,
                 weight_max: wmax,
             };
-            let mut kernels = vec![U8I8Kernel::Portable];
-            if avx2_available() {
-                kernels.push(U8I8Kernel::Avx2Pair);
-                if bounds.quad_fits_i16() {
-                    kernels.push(U8I8Kernel::Avx2Quad);
-                }
-            }
+            let kernels = U8I8Kernel::available(bounds);
             let (b, stride) = panels(&x, kq, n);
             let mult: Vec<f32> = (0..m).map(|r| 2f32.powi(-(r as i32))).collect();
             let bias: Vec<f32> = (0..m).map(|r| r as f32 - 2.0).collect();
@@ -1337,17 +1693,32 @@ mod tests {
         }
     }
 
-    /// The i16 path is exact where i32 would overflow.
+    /// The i16 path is exact where i32 would overflow, with every kernel this CPU has.
     #[test]
     fn i16_path_sums_in_i64() {
-        // Deep enough that even one i32 lane of the AVX2 kernel (half a column's products)
-        // would overflow without its chunked sums.
-        let (m, kq, n) = (6, 2304, 5);
+        // Deep enough that even one i32 lane of the vector kernels (half a column's products)
+        // would overflow without their chunked sums; columns differ, so a lane given to the
+        // wrong column shows.
+        let (m, kq, n) = (6, 2304, 21);
         let k = 4 * kq;
         let w: Vec<i16> = (0..m * k)
-            .map(|i| if i % 2 == 0 { 448 } else { -3 })
+            .map(|i| match i % 2 {
+                0 => 448 - (i % 5) as i16,
+                _ => -3 + (i % 3) as i16,
+            })
             .collect();
-        let x: Vec<i16> = vec![4032; k * n];
+        let x: Vec<i16> = (0..k * n)
+            .map(|i| 4032 - ((i % 7) * (i % n + 1)) as i16)
+            .collect();
+        let want: Vec<i64> = (0..m * n)
+            .map(|i| {
+                let (r, j) = (i / n, i % n);
+                (0..k)
+                    .map(|kk| w[r * k + kk] as i64 * x[kk * n + j] as i64)
+                    .sum()
+            })
+            .collect();
+        assert!(want.iter().all(|&s| s / 2 > i32::MAX as i64));
         let (b, stride) = panels(&x, kq, n);
         let ones = vec![1f32; m];
         let ep = Epilogue {
@@ -1358,18 +1729,32 @@ mod tests {
             affine: None,
             residual: None,
         };
-        let mut got = vec![f32::NAN; m * n];
-        let out = OutPtr::new(&mut got, n, 1);
-        let pw = PackedWeights::I16(PackedA::new(m, kq, &w), I16Kernel::choose(4032, 448));
-        let b = ActPanels::I16(Panels {
-            data: &b,
-            quad_stride: stride,
-        });
-        // SAFETY: one thread writes the whole output.
-        unsafe { compute(&pw, b, |j0| j0 * 4, 0..m, 0..n, &ep, out) };
-        let sum = (k as i64 / 2) * 4032 * (448 - 3);
-        assert!(sum / 2 > i32::MAX as i64);
-        assert!(got.iter().all(|&g| g == sum as f32));
+        let chunk_quads = match I16Kernel::choose(4032, 448) {
+            I16Kernel::Avx2 { chunk_quads } | I16Kernel::Vnni { chunk_quads } => chunk_quads,
+            I16Kernel::Portable => 1,
+        };
+        assert!(chunk_quads < kq, "the sums span several runs");
+        let mut kernels = vec![I16Kernel::Portable];
+        if avx2_available() {
+            kernels.push(I16Kernel::Avx2 { chunk_quads });
+        }
+        if vnni_available() {
+            kernels.push(I16Kernel::Vnni { chunk_quads });
+        }
+        for kern in kernels {
+            let mut got = vec![f32::NAN; m * n];
+            let out = OutPtr::new(&mut got, n, 1);
+            let pw = PackedWeights::I16(PackedA::new(m, kq, &w), kern);
+            let b = ActPanels::I16(Panels {
+                data: &b,
+                quad_stride: stride,
+            });
+            // SAFETY: one thread writes the whole output.
+            unsafe { compute(&pw, b, |j0| j0 * 4, 0..m, 0..n, &ep, out) };
+            for (i, (&g, &s)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(g, s as f32, "{kern:?} output {i}");
+            }
+        }
     }
 
     #[test]

@@ -677,13 +677,16 @@ fn pack_a_coded(w: CodedRows, ic: usize, mc: usize, pc: usize, kc: usize, dst: &
         let h = MR.min(ic + mc - i0);
         // Rows past `h` repeat the last one with factor 0 (padding; their results are
         // discarded).
-        let rows: [&[u8]; MR] =
-            std::array::from_fn(|i| &w.codes[(i0 + i.min(h - 1)) * w.k + pc..][..kc]);
-        let scale: [f32; MR] =
-            std::array::from_fn(|i| if i < h { w.row_scale[i0 + i] } else { 0.0 });
+        // Each row decoded in registers (`lookup::decode`), then interleaved into the strip.
+        let mut rows = [[0f32; KC]; MR];
+        for (i, row) in rows.iter_mut().enumerate() {
+            let codes = &w.codes[(i0 + i.min(h - 1)) * w.k + pc..][..kc];
+            let scale = if i < h { w.row_scale[i0 + i] } else { 0.0 };
+            crate::lookup::decode(w.table, w.pieces, codes, scale, &mut row[..kc]);
+        }
         for (q, d) in strip.chunks_exact_mut(MR).enumerate() {
-            for i in 0..MR {
-                d[i] = w.table[rows[i][q] as usize] * scale[i];
+            for (dv, row) in d.iter_mut().zip(&rows) {
+                *dv = row[q];
             }
         }
     }
