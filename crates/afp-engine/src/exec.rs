@@ -15,12 +15,30 @@ pub struct Session {
     slots: Vec<Vec<f32>>,
     /// Slot of each runtime value (inputs and node outputs).
     slot_of: Vec<Option<usize>>,
+    /// f32 elements of each value's buffer (see [`buffer_lens`]).
+    lens: Vec<usize>,
     scratch: Vec<f32>,
     qscratch: afp_kernels::QScratch,
 }
 
+/// The f32 elements each value's buffer holds: its element count, or for the output of a
+/// layer that stores it as the next layer's u8 channel quads, the quarter or so they take.
+fn buffer_lens(g: &Graph) -> Vec<usize> {
+    let mut lens: Vec<usize> = g.values.iter().map(|v| v.numel()).collect();
+    for n in &g.nodes {
+        if let Op::QConv(q) | Op::QConvAdd { q, .. } = &n.op {
+            if q.writes_quads() {
+                if let Some(len) = afp_kernels::quads_f32_len(&g.values[n.output].shape) {
+                    lens[n.output] = len.min(lens[n.output]);
+                }
+            }
+        }
+    }
+    lens
+}
+
 /// Assigns buffers: a value's slot is free again after its last reader.
-fn plan(g: &Graph) -> (usize, Vec<Option<usize>>, Vec<usize>) {
+fn plan(g: &Graph, lens: &[usize]) -> (usize, Vec<Option<usize>>, Vec<usize>) {
     let mut last_use = vec![0usize; g.values.len()];
     for (i, n) in g.nodes.iter().enumerate() {
         for &v in &n.inputs {
@@ -57,10 +75,10 @@ fn plan(g: &Graph) -> (usize, Vec<Option<usize>>, Vec<usize>) {
         }
     };
     for &i in &g.inputs {
-        slot_of[i] = Some(take(g.values[i].numel(), &mut sizes, &mut free));
+        slot_of[i] = Some(take(lens[i], &mut sizes, &mut free));
     }
     for (k, n) in g.nodes.iter().enumerate() {
-        slot_of[n.output] = Some(take(g.values[n.output].numel(), &mut sizes, &mut free));
+        slot_of[n.output] = Some(take(lens[n.output], &mut sizes, &mut free));
         let mut seen = Vec::new();
         for &v in &n.inputs {
             if last_use[v] == k && !g.outputs.contains(&v) && !seen.contains(&v) {
@@ -80,13 +98,15 @@ impl Session {
             .num_threads(threads.max(1))
             .build()
             .map_err(|e| EngineError::Graph(format!("cannot start {threads} threads: {e}")))?;
-        let (_, slot_of, sizes) = plan(&graph);
+        let lens = buffer_lens(&graph);
+        let (_, slot_of, sizes) = plan(&graph, &lens);
         let slots = sizes.iter().map(|&s| vec![0f32; s]).collect();
         Ok(Session {
             graph,
             pool: std::sync::Arc::new(pool),
             slots,
             slot_of,
+            lens,
             scratch: Vec::new(),
             qscratch: afp_kernels::QScratch::default(),
         })
@@ -127,7 +147,8 @@ impl Session {
         self.run_observed(inputs, &mut |_, _, _| {})
     }
 
-    /// As [`Session::run`], calling `observe(node index, node, output data)` after every node.
+    /// As [`Session::run`], calling `observe(node index, node, output data)` after every node
+    /// (the data of an output stored as the next layer's channel quads is their bytes).
     pub fn run_observed(
         &mut self,
         inputs: &[&[f32]],
@@ -162,7 +183,7 @@ impl Session {
                 self.run_node(k)?;
                 let n = &self.graph.nodes[k];
                 let s = self.slot_of[n.output].expect("outputs have slots");
-                observe(k, n, &self.slots[s][..self.graph.values[n.output].numel()]);
+                observe(k, n, &self.slots[s][..self.lens[n.output]]);
             }
             Ok(())
         });
@@ -184,7 +205,9 @@ impl Session {
             Some(c) => c
                 .as_f32()
                 .expect("runtime ops read f32 constants (checked at build)"),
-            None => &self.slots[self.slot_of[v].expect("runtime values have slots")][..val.numel()],
+            None => {
+                &self.slots[self.slot_of[v].expect("runtime values have slots")][..self.lens[v]]
+            }
         }
     }
 
@@ -194,7 +217,7 @@ impl Session {
         let mut out = std::mem::take(&mut self.slots[s_out]);
         let mut scratch = std::mem::take(&mut self.scratch);
         let mut qscratch = std::mem::take(&mut self.qscratch);
-        let n_out = self.graph.values[node.output].numel();
+        let n_out = self.lens[node.output];
         let res = self.compute(node, &mut out[..n_out], &mut scratch, &mut qscratch);
         self.slots[s_out] = out;
         self.scratch = scratch;
