@@ -133,6 +133,7 @@ impl Classifier {
             afp_engine::exec::check_runtime_types(&g)?;
             let s = Session::new(g, self.threads)?;
             self.sessions.insert(batch, s);
+            release_free_heap();
         }
         Ok(self.sessions.get_mut(&batch).expect("inserted above"))
     }
