@@ -1,8 +1,10 @@
 //! The packed integer path against the FP32 kernels on the same shapes, in one run: ResNet-50
 //! convolutions (5-bit E2M2 weights as integers |n| <= 28, 8-bit uE0M8 activations) and a
-//! batch-1 Gemm. 2-thread rayon pool (override with AFP_BENCH_THREADS). Throughput is
-//! elements/s with one element per FLOP (2 per MAC), so "Gelem/s" reads as GFLOP/s; the
-//! integer path counts its multiply-adds the same way.
+//! batch-1 Gemm. The integer convolution is timed from f32 input (`afp_int`, its encoding
+//! included) and from codes (`afp_int_codes`, as handed over between layers). 2-thread rayon
+//! pool (override with AFP_BENCH_THREADS). Throughput is elements/s with one element per FLOP
+//! (2 per MAC), so "Gelem/s" reads as GFLOP/s; the integer path counts its multiply-adds the
+//! same way.
 
 use std::time::Duration;
 
@@ -104,6 +106,23 @@ fn bench(c: &mut Criterion) {
                     pool.install(|| {
                         b.iter(|| {
                             q.run(n, hw, hw, black_box(&input), &mut out, &mut qs);
+                            black_box(&out);
+                        })
+                    })
+                },
+            );
+            // From codes: the input as the channel quads a producer hands over (as 32 of
+            // ResNet-50's 54 layers receive it in the engine), so only the GEMM (with im2col
+            // where the kernel needs it) and its epilogue are timed.
+            let qr = q.reading_quads().unwrap();
+            let codes = q.encode_input_quads(n, hw, hw, &input).unwrap();
+            group.bench_with_input(
+                BenchmarkId::new(format!("{name}/afp_int_codes"), format!("n{n}")),
+                &n,
+                |b, &n| {
+                    pool.install(|| {
+                        b.iter(|| {
+                            qr.run(n, hw, hw, black_box(&codes), &mut out, &mut qs);
                             black_box(&out);
                         })
                     })

@@ -468,6 +468,41 @@ impl QConv {
         })
     }
 
+    /// The input `[n, c_in, h, w]` (f32) encoded as this layer's channel quads, in a buffer
+    /// of [`quads_f32_len`] elements whose bytes are the codes: what a producer writing quads
+    /// hands over, for [`QConv::reading_quads`]. The same codes the layer makes itself.
+    pub fn encode_input_quads(
+        &self,
+        n: usize,
+        h: usize,
+        w: usize,
+        input: &[f32],
+    ) -> Result<Vec<f32>, String> {
+        let (enc, zero) = self
+            .quads_input()
+            .ok_or("only one-group integer products with u8 inputs read quads")?;
+        let c = self.conv.c_in;
+        if input.len() != n * c * h * w {
+            return Err(format!(
+                "{} input values for [{n}, {c}, {h}, {w}]",
+                input.len()
+            ));
+        }
+        let len = quads_f32_len(&[n, c, h, w]).expect("a 4-d shape");
+        let mut buf = vec![0f32; len];
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut buf);
+        let (cq, hw) = (quads_per_pos(c), h * w);
+        let (quads, slack) = bytes.split_at_mut(n * cq * hw * 4);
+        let inl = InLayout {
+            img: c * hw,
+            chan: hw,
+            pix: 1,
+        };
+        encode_quads(quads, input, inl, (n, 1, c, cq, hw), &enc, zero);
+        slack.fill(zero);
+        Ok(buf)
+    }
+
     /// Whether the output tensor holds the next layer's codes ([`QConv::writing_quads`]).
     pub fn writes_quads(&self) -> bool {
         self.quads_out.is_some()
@@ -1737,6 +1772,22 @@ mod tests {
                         &own[..],
                         "{pc:?} codes {signed} {max}"
                     );
+                    // The consumer's own encoder for handed-over codes gives the same bytes,
+                    // and the consumer reading them computes the same outputs.
+                    let (ch, cw) = (oh, ow);
+                    let enc_in = cons.encode_input_quads(*n, ch, cw, &mid).unwrap();
+                    let own_in: &[u8] = bytemuck::cast_slice(&enc_in);
+                    assert_eq!(&own_in[..own.len()], &own[..], "{cc:?} encode_input_quads");
+                    let mut again = vec![f32::NAN; want.len()];
+                    cons.reading_quads().unwrap().run(
+                        *n,
+                        ch,
+                        cw,
+                        &enc_in,
+                        &mut again,
+                        &mut QScratch::default(),
+                    );
+                    assert_eq!(again, want, "{cc:?} from encode_input_quads");
                 }
             }
         }
