@@ -84,6 +84,25 @@ impl ActEncoder {
         _mm256_add_epi32(_mm256_cvtps_epi32(c), _mm256_set1_epi32(zero as i32))
     }
 
+    /// [`ActEncoder::encode_uniform_avx2`] on 16 values.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub(crate) fn encode_uniform_avx512(
+        &self,
+        x: std::arch::x86_64::__m512,
+        zero: u8,
+    ) -> std::arch::x86_64::__m512i {
+        use std::arch::x86_64::*;
+        let lo = _mm512_set1_ps(if self.signed { -self.max as f32 } else { 0.0 });
+        let hi = _mm512_set1_ps(self.max as f32);
+        let a = _mm512_mul_ps(x, _mm512_set1_ps(self.inv_unit));
+        let below = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(a, hi);
+        // Lanes below `hi` take max(a, lo); the others, NaN included, `hi`.
+        let c = _mm512_mask_blend_ps(below, hi, _mm512_max_ps(a, lo));
+        _mm512_add_epi32(_mm512_cvtps_epi32(c), _mm512_set1_epi32(zero as i32))
+    }
+
     #[inline]
     pub fn encode(&self, x: f32) -> i32 {
         if x < 0.0 && !self.signed {
@@ -1642,6 +1661,24 @@ mod tests {
                             zero
                         };
                         assert_eq!(got[p * 4 + t], want, "{signed} {cig}x{hw} pixel {p} ch {t}");
+                    }
+                }
+                // The 16-lane encoder of the VNNI epilogue, on the same values.
+                #[cfg(target_arch = "x86_64")]
+                if crate::qgemm::vnni_available() {
+                    use std::arch::x86_64::*;
+                    for chunk in input.chunks_exact(16) {
+                        let mut codes = [0i32; 16];
+                        // SAFETY: AVX-512 F present (checked above); 16 floats read from a
+                        // 16-element chunk, 16 i32 written to a 16-element array.
+                        unsafe {
+                            let v = _mm512_loadu_ps(chunk.as_ptr());
+                            let c = enc.encode_uniform_avx512(v, zero);
+                            _mm512_storeu_si512(codes.as_mut_ptr() as *mut __m512i, c);
+                        }
+                        for (&x, &c) in chunk.iter().zip(&codes) {
+                            assert_eq!(c, enc.encode(x) + zero as i32, "{signed} {x}");
+                        }
                     }
                 }
             }

@@ -594,6 +594,25 @@ unsafe fn acc_u8i8_vnni(
     kq: usize,
 ) -> [[std::arch::x86_64::__m256i; 2]; MR] {
     use std::arch::x86_64::*;
+    // SAFETY: forwarded contract.
+    let acc = unsafe { acc_u8i8_vnni512(a, b, off, kq) };
+    acc.map(|s| [_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64::<1>(s)])
+}
+
+/// The `u8 x i8` tile's sums with AVX-512 VNNI, row `r`'s 16 columns in `acc[r]`.
+///
+/// # Safety
+/// As [`acc_u8i8_vnni`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[inline]
+unsafe fn acc_u8i8_vnni512(
+    a: &[i8],
+    b: Panels<'_, u8>,
+    off: usize,
+    kq: usize,
+) -> [std::arch::x86_64::__m512i; MR] {
+    use std::arch::x86_64::*;
     let ap = a.as_ptr();
     let bp = b.data.as_ptr().add(off);
     let st = b.quad_stride;
@@ -626,12 +645,7 @@ unsafe fn acc_u8i8_vnni(
             *e = _mm512_dpbusd_epi32(*e, b0, wq!(q, r));
         }
     }
-    let mut acc = [[_mm256_setzero_si256(); 2]; MR];
-    for ((acc_r, e), o) in acc.iter_mut().zip(even).zip(odd) {
-        let s = _mm512_add_epi32(e, o);
-        *acc_r = [_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64::<1>(s)];
-    }
-    acc
+    std::array::from_fn(|r| _mm512_add_epi32(even[r], odd[r]))
 }
 
 /// `i16 x i16` tile with AVX2: `vpmaddwd` against each row's quad of weights broadcast,
@@ -744,6 +758,30 @@ unsafe fn tile_i16_vnni(
     out
 }
 
+/// The bounds a whole tile's vector store relies on: unit column stride, the tile's last
+/// output (f32 element or quad byte) and residual element inside their slices, and a uniform
+/// grid for the register encoder.
+fn check_whole_tile(r0: usize, j0: usize, ep: &Epilogue<'_>, out: OutPtr) {
+    assert!(out.cs == 1, "qgemm: vector store needs unit column stride");
+    let last = (r0 + MR - 1) * out.rs + j0 + NR - 1;
+    match out.quads {
+        Some(q) => {
+            assert!(
+                q.enc.is_uniform(),
+                "qgemm: the register encoder needs a uniform grid"
+            );
+            assert!(
+                q.at(r0 + MR - 1, j0 + NR - 1) < out.len,
+                "qgemm: output tile out of bounds"
+            );
+        }
+        None => assert!(last < out.len, "qgemm: output tile out of bounds"),
+    }
+    if let Some(res) = ep.residual {
+        assert!(last < res.len(), "qgemm: residual tile out of bounds");
+    }
+}
+
 /// A whole `u8 x i8` tile (`MR` rows from `r0`, `NR` columns from `j0`, unit column stride)
 /// computed and stored through the epilogue in registers: `(sum - corr) * mult + bias`, the
 /// affine step, the residual, then the clamp `(lo, hi)` of the epilogue's activation
@@ -771,24 +809,7 @@ unsafe fn tile_store_u8i8_avx2(
     // None keeps NaN (max(NaN, -inf) would give -inf), as `store_tile` does.
     let clamp = ep.act != Activation::None;
     let (lo, hi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
-    assert!(out.cs == 1, "qgemm: vector store needs unit column stride");
-    let last = (r0 + MR - 1) * out.rs + j0 + NR - 1;
-    match out.quads {
-        Some(q) => {
-            assert!(
-                q.enc.is_uniform(),
-                "qgemm: the register encoder needs a uniform grid"
-            );
-            assert!(
-                q.at(r0 + MR - 1, j0 + NR - 1) < out.len,
-                "qgemm: output tile out of bounds"
-            );
-        }
-        None => assert!(last < out.len, "qgemm: output tile out of bounds"),
-    }
-    if let Some(res) = ep.residual {
-        assert!(last < res.len(), "qgemm: residual tile out of bounds");
-    }
+    check_whole_tile(r0, j0, ep, out);
     // With quads: each row's codes shifted into byte `row % 4` of its pixels' words, one
     // vector of 8 pixels per half tile, stored once the quad's rows are all in.
     let mut words = [_mm256_setzero_si256(); NR / 8];
@@ -842,6 +863,79 @@ unsafe fn tile_store_u8i8_avx2(
     }
 }
 
+/// [`tile_store_u8i8_avx2`] for the VNNI kernel, with the epilogue on whole 16-lane rows:
+/// the same f32 operations in the same order, so the same bits.
+///
+/// # Safety
+/// As [`acc_u8i8_vnni`]; no other thread touches the tile's output elements.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_store_u8i8_vnni(
+    a: &[i8],
+    b: Panels<'_, u8>,
+    off: usize,
+    kq: usize,
+    r0: usize,
+    j0: usize,
+    ep: &Epilogue<'_>,
+    (lo, hi): (f32, f32),
+    out: OutPtr,
+) {
+    use std::arch::x86_64::*;
+    // None keeps NaN (max(NaN, -inf) would give -inf), as `store_tile` does.
+    let clamp = ep.act != Activation::None;
+    let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
+    check_whole_tile(r0, j0, ep, out);
+    // With quads: each row's codes shifted into byte `row % 4` of its pixels' words, stored
+    // once the quad's rows are all in.
+    let mut words = _mm512_setzero_si512();
+    // SAFETY: forwarded contract.
+    let acc = unsafe { acc_u8i8_vnni512(a, b, off, kq) };
+    for (rr, &acc_r) in acc.iter().enumerate() {
+        let r = r0 + rr;
+        let m = _mm512_set1_ps(ep.mult[r]);
+        let bias = _mm512_set1_ps(ep.bias.map_or(0.0, |b| b[r]));
+        // |corr| <= 255 * 64 * K, within i32 (checked at build).
+        let corr = _mm512_set1_epi32(ep.zero_corr.map_or(0, |z| z[r]) as i32);
+        let base = r * out.rs + j0;
+        let x = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc_r, corr));
+        let mut v = _mm512_add_ps(_mm512_mul_ps(x, m), bias);
+        if let Some((sc, sh)) = ep.affine {
+            v = _mm512_add_ps(
+                _mm512_mul_ps(v, _mm512_set1_ps(sc[r])),
+                _mm512_set1_ps(sh[r]),
+            );
+        }
+        if let Some(res) = ep.residual {
+            // SAFETY: base + 15 <= the tile's last element < res.len() (checked above).
+            v = _mm512_add_ps(v, unsafe { _mm512_loadu_ps(res.as_ptr().add(base)) });
+        }
+        if clamp {
+            // max(v, lo) returns lo for NaN, as f32::max does in `store_tile`.
+            v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
+        }
+        match out.quads {
+            Some(q) => {
+                let codes = q.enc.encode_uniform_avx512(v, q.zero);
+                let shifted = _mm512_sllv_epi32(codes, _mm512_set1_epi32(8 * (r % 4) as i32));
+                words = _mm512_or_si512(words, shifted);
+                if r % 4 == 3 {
+                    let at = q.at(r - 3, j0);
+                    // SAFETY: the 16 words of pixels j0.. of this quad end at or before the
+                    // tile's last byte < out.len (checked above); this tile's elements belong
+                    // to this call (function contract).
+                    unsafe { _mm512_storeu_si512(out.ptr.add(at) as *mut __m512i, words) };
+                    words = _mm512_setzero_si512();
+                }
+            }
+            // SAFETY: base + 15 <= the tile's last element < out.len (checked above); this
+            // tile's elements belong to this call (function contract).
+            None => unsafe { _mm512_storeu_ps(out.f32_ptr().add(base), v) },
+        }
+    }
+}
+
 /// Computes and stores a whole tile with the epilogue in registers when the kernel and the
 /// activation allow it; returns false (having done nothing) otherwise.
 ///
@@ -871,7 +965,12 @@ unsafe fn tile_store_fast(
             // AVX-512 F, BW, VL and VNNI (which imply AVX2); the panel bounds are asserted
             // above, `a.panel` holds kq * MR * 4 values; the tile is whole and exclusive
             // (function contract).
-            unsafe { tile_store_u8i8_avx2(*kern, a, b, off, kq, r0, j0, ep, lohi, out) };
+            unsafe {
+                match kern {
+                    U8I8Kernel::Vnni => tile_store_u8i8_vnni(a, b, off, kq, r0, j0, ep, lohi, out),
+                    _ => tile_store_u8i8_avx2(*kern, a, b, off, kq, r0, j0, ep, lohi, out),
+                }
+            };
             return true;
         }
     }
@@ -1636,8 +1735,12 @@ mod tests {
             };
             let kernels = U8I8Kernel::available(bounds);
             let (b, stride) = panels(&x, kq, n);
-            let mult: Vec<f32> = (0..m).map(|r| 2f32.powi(-(r as i32))).collect();
-            let bias: Vec<f32> = (0..m).map(|r| r as f32 - 2.0).collect();
+            // Odd rows scale by a real factor (`--scale real`): a fused multiply-add would
+            // round differently there.
+            let mult: Vec<f32> = (0..m)
+                .map(|r| 2f32.powi(-(r as i32)) * if r % 2 == 1 { 1.3 } else { 1.0 })
+                .collect();
+            let bias: Vec<f32> = (0..m).map(|r| (r as f32 - 2.0) * 0.3).collect();
             let corr: Vec<i64> = (0..m).map(|r| 3 * r as i64).collect();
             for kern in kernels {
                 let pw = PackedWeights::U8I8(PackedA::new(m, kq, &w), kern);
