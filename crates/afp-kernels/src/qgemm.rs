@@ -237,7 +237,8 @@ pub fn avx2_available() -> bool {
 pub(crate) static FORCE_NO_VNNI: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
 
-/// Whether the AVX-512 VNNI integer kernels (`vpdpbusd`) can run here.
+/// Whether the AVX-512 VNNI integer kernels (`vpdpbusd`, `vpdpwssd`; with F, BW, DQ and VL)
+/// can run here.
 #[inline]
 pub fn vnni_available() -> bool {
     #[cfg(test)]
@@ -250,6 +251,7 @@ pub fn vnni_available() -> bool {
     {
         is_x86_feature_detected!("avx512f")
             && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512dq")
             && is_x86_feature_detected!("avx512vl")
             && is_x86_feature_detected!("avx512vnni")
     }
@@ -863,8 +865,8 @@ unsafe fn tile_store_u8i8_avx2(
     }
 }
 
-/// [`tile_store_u8i8_avx2`] for the VNNI kernel, with the epilogue on whole 16-lane rows:
-/// the same f32 operations in the same order, so the same bits.
+/// [`tile_store_u8i8_avx2`] for the VNNI kernel, with the epilogue on whole 16-lane rows
+/// ([`store_rows_avx512`]).
 ///
 /// # Safety
 /// As [`acc_u8i8_vnni`]; no other thread touches the tile's output elements.
@@ -879,6 +881,80 @@ unsafe fn tile_store_u8i8_vnni(
     r0: usize,
     j0: usize,
     ep: &Epilogue<'_>,
+    lohi: (f32, f32),
+    out: OutPtr,
+) {
+    use std::arch::x86_64::*;
+    check_whole_tile(r0, j0, ep, out);
+    // SAFETY: forwarded contract.
+    let acc = unsafe { acc_u8i8_vnni512(a, b, off, kq) };
+    let x: [__m512; MR] = std::array::from_fn(|rr| {
+        // |corr| <= 255 * 64 * K, within i32 (checked at build).
+        let corr = ep.zero_corr.map_or(0, |z| z[r0 + rr]) as i32;
+        _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[rr], _mm512_set1_epi32(corr)))
+    });
+    // SAFETY: AVX-512 F present; the tile's bounds checked above; exclusive (contract).
+    unsafe { store_rows_avx512(x, r0, j0, ep, lohi, out) };
+}
+
+/// The `i16 x i16` VNNI tile stored through the 16-lane epilogue: the i64 sums less the
+/// zero correction, converted to f32 (`vcvtqq2ps` rounds to nearest even, as `as f32`).
+///
+/// # Safety
+/// AVX-512 F, BW, DQ and VNNI present; otherwise as [`tile_i16_vnni`]; no other thread
+/// touches the tile's output elements.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile_store_i16_vnni(
+    a: &[i16],
+    b: Panels<'_, i16>,
+    off: usize,
+    kq: usize,
+    chunk: usize,
+    r0: usize,
+    j0: usize,
+    ep: &Epilogue<'_>,
+    lohi: (f32, f32),
+    out: OutPtr,
+) {
+    use std::arch::x86_64::*;
+    check_whole_tile(r0, j0, ep, out);
+    // SAFETY: forwarded contract.
+    let t = unsafe { tile_i16_vnni(a, b, off, kq, chunk) };
+    let x: [__m512; MR] = std::array::from_fn(|rr| {
+        let corr = _mm512_set1_epi64(ep.zero_corr.map_or(0, |z| z[r0 + rr]));
+        // SAFETY: 8 i64 from each half of a 16-element row.
+        let (lo, hi) = unsafe {
+            (
+                _mm512_loadu_si512(t[rr].as_ptr() as *const __m512i),
+                _mm512_loadu_si512(t[rr].as_ptr().add(8) as *const __m512i),
+            )
+        };
+        let lo = _mm512_cvtepi64_ps(_mm512_sub_epi64(lo, corr));
+        let hi = _mm512_cvtepi64_ps(_mm512_sub_epi64(hi, corr));
+        _mm512_insertf32x8::<1>(_mm512_castps256_ps512(lo), hi)
+    });
+    // SAFETY: AVX-512 F present; the tile's bounds checked above; exclusive (contract).
+    unsafe { store_rows_avx512(x, r0, j0, ep, lohi, out) };
+}
+
+/// The epilogue of a whole tile on 16-lane rows, from `x[r] = (sum - corr) as f32`:
+/// `x * mult + bias`, the affine step, the residual, the clamp `(lo, hi)`, then the f32
+/// store or the encoding into the next layer's quads; the same f32 operations in the same
+/// order as [`store_tile`] (multiply then add, never fused), so the same bits.
+///
+/// # Safety
+/// AVX-512 F present; [`check_whole_tile`] passed for this tile; no other thread touches its
+/// output elements.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn store_rows_avx512(
+    x: [std::arch::x86_64::__m512; MR],
+    r0: usize,
+    j0: usize,
+    ep: &Epilogue<'_>,
     (lo, hi): (f32, f32),
     out: OutPtr,
 ) {
@@ -886,20 +962,14 @@ unsafe fn tile_store_u8i8_vnni(
     // None keeps NaN (max(NaN, -inf) would give -inf), as `store_tile` does.
     let clamp = ep.act != Activation::None;
     let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
-    check_whole_tile(r0, j0, ep, out);
     // With quads: each row's codes shifted into byte `row % 4` of its pixels' words, stored
     // once the quad's rows are all in.
     let mut words = _mm512_setzero_si512();
-    // SAFETY: forwarded contract.
-    let acc = unsafe { acc_u8i8_vnni512(a, b, off, kq) };
-    for (rr, &acc_r) in acc.iter().enumerate() {
+    for (rr, &x) in x.iter().enumerate() {
         let r = r0 + rr;
         let m = _mm512_set1_ps(ep.mult[r]);
         let bias = _mm512_set1_ps(ep.bias.map_or(0.0, |b| b[r]));
-        // |corr| <= 255 * 64 * K, within i32 (checked at build).
-        let corr = _mm512_set1_epi32(ep.zero_corr.map_or(0, |z| z[r]) as i32);
         let base = r * out.rs + j0;
-        let x = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc_r, corr));
         let mut v = _mm512_add_ps(_mm512_mul_ps(x, m), bias);
         if let Some((sc, sh)) = ep.affine {
             v = _mm512_add_ps(
@@ -908,7 +978,7 @@ unsafe fn tile_store_u8i8_vnni(
             );
         }
         if let Some(res) = ep.residual {
-            // SAFETY: base + 15 <= the tile's last element < res.len() (checked above).
+            // SAFETY: base + 15 <= the tile's last element < res.len() (checked by the caller).
             v = _mm512_add_ps(v, unsafe { _mm512_loadu_ps(res.as_ptr().add(base)) });
         }
         if clamp {
@@ -923,14 +993,14 @@ unsafe fn tile_store_u8i8_vnni(
                 if r % 4 == 3 {
                     let at = q.at(r - 3, j0);
                     // SAFETY: the 16 words of pixels j0.. of this quad end at or before the
-                    // tile's last byte < out.len (checked above); this tile's elements belong
-                    // to this call (function contract).
+                    // tile's last byte < out.len (checked by the caller); this tile's elements
+                    // belong to this call (function contract).
                     unsafe { _mm512_storeu_si512(out.ptr.add(at) as *mut __m512i, words) };
                     words = _mm512_setzero_si512();
                 }
             }
-            // SAFETY: base + 15 <= the tile's last element < out.len (checked above); this
-            // tile's elements belong to this call (function contract).
+            // SAFETY: base + 15 <= the tile's last element < out.len (checked by the caller);
+            // this tile's elements belong to this call (function contract).
             None => unsafe { _mm512_storeu_ps(out.f32_ptr().add(base), v) },
         }
     }
@@ -970,6 +1040,21 @@ unsafe fn tile_store_fast(
                     U8I8Kernel::Vnni => tile_store_u8i8_vnni(a, b, off, kq, r0, j0, ep, lohi, out),
                     _ => tile_store_u8i8_avx2(*kern, a, b, off, kq, r0, j0, ep, lohi, out),
                 }
+            };
+            return true;
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if let (PackedWeights::I16(a, I16Kernel::Vnni { chunk_quads }), ActPanels::I16(b)) = (w, b) {
+        let uniform = out.quads.is_none_or(|q| q.enc.is_uniform());
+        if let (Some(lohi), true) = (ep.act.clamp_bounds(), uniform) {
+            let kq = w.quads();
+            assert!(b.check(off, kq), "qgemm: activation panel out of bounds");
+            // SAFETY: this kernel is chosen only with AVX-512 F, BW, DQ, VL and VNNI present;
+            // the panel bounds are asserted above, `a.panel` holds kq * MR * 4 values; the
+            // tile is whole and exclusive (function contract).
+            unsafe {
+                tile_store_i16_vnni(a.panel(p), b, off, kq, *chunk_quads, r0, j0, ep, lohi, out)
             };
             return true;
         }
