@@ -464,36 +464,13 @@ fn tile_portable<A: Int, B: Int>(a: &[A], b: Panels<'_, B>, off: usize, kq: usiz
     Tile::I64(acc)
 }
 
-/// A `u8 x i8` tile's sums from one of the vector kernels ([`acc_u8i8_avx2`] for
-/// the AVX2 ones, [`acc_u8i8_vnni`]), in the same registers.
+/// A `u8 x i8` tile's sums from one of the vector kernels ([`acc_u8i8_vnni`] for `Vnni`,
+/// else [`acc_u8i8_avx2`]).
 ///
 /// # Safety
 /// `kern` is not `Portable` and the CPU has what it needs (AVX2; AVX-512 F, BW and VNNI for
-/// `Vnni`); `a` must hold `kq * MR * 4` values and `b.check(off, kq)` must hold.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-#[inline]
-unsafe fn acc_u8i8_simd(
-    kern: U8I8Kernel,
-    a: &[i8],
-    b: Panels<'_, u8>,
-    off: usize,
-    kq: usize,
-) -> [[std::arch::x86_64::__m256i; 2]; MR] {
-    // SAFETY: forwarded contract.
-    unsafe {
-        match kern {
-            U8I8Kernel::Vnni => acc_u8i8_vnni(a, b, off, kq),
-            U8I8Kernel::Avx2Quad => acc_u8i8_avx2::<true>(a, b, off, kq),
-            _ => acc_u8i8_avx2::<false>(a, b, off, kq),
-        }
-    }
-}
-
-/// A `u8 x i8` tile's sums from one of the vector kernels.
-///
-/// # Safety
-/// As [`acc_u8i8_simd`] (the caller, [`tile`], asserts the bounds).
+/// `Vnni`); `a` must hold `kq * MR * 4` values and `b.check(off, kq)` must hold (the caller,
+/// [`tile`], asserts both).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn tile_u8i8_simd(
@@ -504,9 +481,19 @@ unsafe fn tile_u8i8_simd(
     kq: usize,
 ) -> [[i32; NR]; MR] {
     use std::arch::x86_64::*;
-    // SAFETY: forwarded contract.
-    let acc = unsafe { acc_u8i8_simd(kern, a, b, off, kq) };
     let mut out = [[0i32; NR]; MR];
+    if kern == U8I8Kernel::Vnni {
+        // SAFETY: forwarded contract.
+        unsafe { tile_u8i8_vnni(a, b, off, kq, &mut out) };
+        return out;
+    }
+    // SAFETY: forwarded contract.
+    let acc = unsafe {
+        match kern {
+            U8I8Kernel::Avx2Quad => acc_u8i8_avx2::<true>(a, b, off, kq),
+            _ => acc_u8i8_avx2::<false>(a, b, off, kq),
+        }
+    };
     for (o, acc_r) in out.iter_mut().zip(&acc) {
         // SAFETY: each row holds NR = 16 i32, written as two 8-lane vectors.
         unsafe {
@@ -580,7 +567,29 @@ unsafe fn acc_u8i8_avx2<const QUAD: bool>(
     acc
 }
 
-/// The `u8 x i8` tile's sums with AVX-512 VNNI, as [`acc_u8i8_avx2`] lays them out: one
+/// A `u8 x i8` tile's sums with AVX-512 VNNI ([`acc_u8i8_vnni`]) written to `out`.
+///
+/// # Safety
+/// As [`acc_u8i8_vnni`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn tile_u8i8_vnni(
+    a: &[i8],
+    b: Panels<'_, u8>,
+    off: usize,
+    kq: usize,
+    out: &mut [[i32; NR]; MR],
+) {
+    use std::arch::x86_64::*;
+    // SAFETY: forwarded contract.
+    let acc = unsafe { acc_u8i8_vnni(a, b, off, kq) };
+    for (o, &acc_r) in out.iter_mut().zip(&acc) {
+        // SAFETY: each row holds NR = 16 i32, one 16-lane vector.
+        unsafe { _mm512_storeu_si512(o.as_mut_ptr() as *mut __m512i, acc_r) };
+    }
+}
+
+/// The `u8 x i8` tile's sums with AVX-512 VNNI, row `r`'s 16 columns in `acc[r]`: one
 /// `vpdpbusd` per row and quad (a quad's 16 columns are one 64-byte vector), even and odd
 /// quads in separate accumulators so consecutive `vpdpbusd`s do not wait on each other.
 ///
@@ -590,25 +599,6 @@ unsafe fn acc_u8i8_avx2<const QUAD: bool>(
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 #[inline]
 unsafe fn acc_u8i8_vnni(
-    a: &[i8],
-    b: Panels<'_, u8>,
-    off: usize,
-    kq: usize,
-) -> [[std::arch::x86_64::__m256i; 2]; MR] {
-    use std::arch::x86_64::*;
-    // SAFETY: forwarded contract.
-    let acc = unsafe { acc_u8i8_vnni512(a, b, off, kq) };
-    acc.map(|s| [_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64::<1>(s)])
-}
-
-/// The `u8 x i8` tile's sums with AVX-512 VNNI, row `r`'s 16 columns in `acc[r]`.
-///
-/// # Safety
-/// As [`acc_u8i8_vnni`].
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-#[inline]
-unsafe fn acc_u8i8_vnni512(
     a: &[i8],
     b: Panels<'_, u8>,
     off: usize,
@@ -791,7 +781,8 @@ fn check_whole_tile(r0: usize, j0: usize, ep: &Epilogue<'_>, out: OutPtr) {
 /// [`store_tile`] (multiply then add, never fused), so both give the same bits.
 ///
 /// # Safety
-/// As [`acc_u8i8_simd`]; no other thread touches the tile's output elements.
+/// `kern` is one of the AVX2 kernels and the CPU has AVX2; otherwise as [`acc_u8i8_avx2`];
+/// no other thread touches the tile's output elements.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
@@ -815,8 +806,13 @@ unsafe fn tile_store_u8i8_avx2(
     // With quads: each row's codes shifted into byte `row % 4` of its pixels' words, one
     // vector of 8 pixels per half tile, stored once the quad's rows are all in.
     let mut words = [_mm256_setzero_si256(); NR / 8];
-    // SAFETY: forwarded contract (the kernel is one the CPU has).
-    let acc = unsafe { acc_u8i8_simd(kern, a, b, off, kq) };
+    // SAFETY: forwarded contract.
+    let acc = unsafe {
+        match kern {
+            U8I8Kernel::Avx2Quad => acc_u8i8_avx2::<true>(a, b, off, kq),
+            _ => acc_u8i8_avx2::<false>(a, b, off, kq),
+        }
+    };
     for (rr, acc_r) in acc.iter().enumerate() {
         let r = r0 + rr;
         let m = _mm256_set1_ps(ep.mult[r]);
@@ -887,7 +883,7 @@ unsafe fn tile_store_u8i8_vnni(
     use std::arch::x86_64::*;
     check_whole_tile(r0, j0, ep, out);
     // SAFETY: forwarded contract.
-    let acc = unsafe { acc_u8i8_vnni512(a, b, off, kq) };
+    let acc = unsafe { acc_u8i8_vnni(a, b, off, kq) };
     let x: [__m512; MR] = std::array::from_fn(|rr| {
         // |corr| <= 255 * 64 * K, within i32 (checked at build).
         let corr = ep.zero_corr.map_or(0, |z| z[r0 + rr]) as i32;

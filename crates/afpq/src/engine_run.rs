@@ -18,8 +18,9 @@ pub enum Engine {
 }
 
 /// Hands the heap's free pages back to the operating system. glibc keeps freed memory for
-/// reuse; without this, the codes just dropped (one byte per weight: 25 MB for ResNet-50)
-/// stay resident under the activation buffers allocated next, and count in peak memory.
+/// reuse; without this, what building a session freed (the graph's transients, and the codes
+/// the packed layers replace: one byte per weight, 25 MB for ResNet-50) stays resident under
+/// the activation buffers a run touches next, and counts in peak memory.
 pub fn release_free_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: `malloc_trim` only returns glibc's own free pages to the kernel, under its
@@ -114,11 +115,9 @@ impl Classifier {
                             .context("applying the packed layers")?;
                         // Every later session reuses the packed layers: the unpacked codes
                         // (one byte per weight) are not needed any more.
+                        // (Their memory goes back to the OS with the trim below.)
                         if let Some(q) = self.plan.as_mut() {
-                            if !q.codes.is_empty() {
-                                q.codes = Vec::new();
-                                release_free_heap();
-                            }
+                            q.codes = Vec::new();
                         }
                     }
                     _ => afp_quant::apply(&mut g, p)
