@@ -24,6 +24,7 @@ mod pool;
 pub mod qconv;
 pub mod qgemm;
 mod sgemm;
+mod tap_rows;
 
 pub use activation::Activation;
 pub use conv::Conv2d;

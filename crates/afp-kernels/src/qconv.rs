@@ -12,6 +12,7 @@ use crate::qgemm::{
     compute, ActInt, Epilogue, I16Kernel, Int, OutPtr, PackedA, PackedWeights, Panels, QuadStore,
     U8I8Bounds, U8I8Kernel, MR, NR,
 };
+use crate::tap_rows::TapRows;
 use crate::Activation;
 
 /// Rounds f32 values to the integer view `n` of an AFP grid in `Subnormal` zero mode
@@ -163,9 +164,10 @@ enum ActStore {
 #[derive(Debug, Clone)]
 enum QWeights {
     /// One packed matrix per group, K ordered `(ky, kx, channel)` with channels padded to
-    /// quads.
+    /// quads, or with `tap_rows` `(ky, (kx, channel))` with kernel rows padded to quads.
     Gemm {
         groups: Vec<PackedWeights>,
+        tap_rows: Option<TapRows>,
         store: ActStore,
         /// `zero * sum_k w[r][k]` per output row: the shift of signed activations stored as u8.
         zero_corr: Option<Vec<i64>>,
@@ -263,7 +265,7 @@ thread_local! {
 }
 
 /// Activation elements with a per-thread buffer for packed panel blocks.
-trait BlockBuf: ActInt {
+pub(crate) trait BlockBuf: ActInt {
     fn with_block<R>(f: impl FnOnce(&mut Vec<Self>) -> R) -> R;
     /// The values as bytes, for the u8 path's matrix-vector kernel.
     fn as_u8(s: &[Self]) -> Option<&[u8]>;
@@ -390,10 +392,15 @@ impl QConv {
         } else {
             let cog = conv.c_out / g;
             let cq = quads_per_pos(cig);
-            let kq = khw * cq;
+            let tap_rows = TapRows::choose(&conv);
+            let kq = tap_rows.map_or(khw * cq, |t| t.depth_quads(&conv));
             let (store, kernel) = act_store(k, w_max, &enc)?;
-            // Reorder K from (channel, ky, kx) to (ky, kx, channel padded to quads).
+            // Reorder K from (channel, ky, kx) to (ky, kx, channel padded to quads), or to
+            // the tap rows' order.
             let reorder = |rows: &[i32]| -> Vec<i32> {
+                if let Some(t) = tap_rows {
+                    return t.reorder(&conv, rows);
+                }
                 let mut out = vec![0i32; rows.len() / k * kq * 4];
                 for (r, row) in rows.chunks(k).enumerate() {
                     for ci in 0..cig {
@@ -430,6 +437,7 @@ impl QConv {
             };
             QWeights::Gemm {
                 groups,
+                tap_rows,
                 store,
                 zero_corr,
             }
@@ -449,11 +457,12 @@ impl QConv {
 
     /// The encoder and zero shift of this layer's input codes when it can read them as u8
     /// channel quads made by its producer ([`QConv::writing_quads`]): a one-group integer
-    /// product with u8 activations.
+    /// product with u8 activations, not in tap rows.
     pub fn quads_input(&self) -> Option<(ActEncoder, u8)> {
         match &*self.weights {
             QWeights::Gemm {
                 store: ActStore::U8 { zero },
+                tap_rows: None,
                 ..
             } if self.conv.group == 1 => Some((self.enc, *zero)),
             _ => None,
@@ -464,7 +473,10 @@ impl QConv {
     /// tensor's buffer (see [`QConv::writing_quads`]) instead of encoding it: the same bits.
     pub fn reading_quads(&self) -> Result<QConv, String> {
         if self.quads_input().is_none() {
-            return Err("only one-group integer products with u8 inputs read quads".into());
+            return Err(
+                "only one-group integer products with u8 inputs, not in tap rows, read quads"
+                    .into(),
+            );
         }
         Ok(QConv {
             quads_in: true,
@@ -672,22 +684,24 @@ impl QConv {
     fn run_gemm(&self, io: Io<'_>, out: &mut [f32], scratch: &mut QScratch) {
         let QWeights::Gemm {
             groups,
+            tap_rows,
             store,
             zero_corr,
         } = &*self.weights
         else {
             unreachable!("depthwise handled by the caller")
         };
+        let w = (groups.as_slice(), *tap_rows);
         match *store {
             ActStore::U8 { zero } => self.run_typed(
                 io,
                 out,
-                groups,
+                w,
                 zero_corr.as_deref(),
                 zero,
                 &mut scratch.quads_u8,
             ),
-            ActStore::I16 => self.run_typed(io, out, groups, None, 0i16, &mut scratch.quads_i16),
+            ActStore::I16 => self.run_typed(io, out, w, None, 0i16, &mut scratch.quads_i16),
         }
     }
 
@@ -696,7 +710,7 @@ impl QConv {
         &self,
         io: Io<'_>,
         out: &mut [f32],
-        groups: &[PackedWeights],
+        (groups, tap_rows): (&[PackedWeights], Option<TapRows>),
         zero_corr: Option<&[i64]>,
         zero: T,
         quads: &mut Vec<T>,
@@ -719,15 +733,19 @@ impl QConv {
         let (oh, ow) = c.out_hw(h, w);
         let ohw = oh * ow;
         let khw = c.kh * c.kw;
-        let kq = khw * cq;
+        let kq = tap_rows.map_or(khw * cq, |t| t.depth_quads(c));
         // 1. Encode: [image][group][quad][pixel][4], plus one panel of slack so a direct read
         // of the last partial panel stays inside the buffer; or take the quads the producer
         // wrote into the input's buffer.
-        let plane = cq * hw * 4;
+        // In tap rows, an image's encoded rows (see `tap_rows`).
+        let plane = match tap_rows {
+            Some(t) => t.geometry(c, h, w).image,
+            None => cq * hw * 4,
+        };
         let direct = c.kh == 1 && c.kw == 1 && c.stride == [1, 1] && c.pads == [0; 4];
         // A stride-2 im2col reads every other input column: each encoded row is split into
         // its even then its odd columns, so the gather copies contiguous runs.
-        let phased = !direct && c.stride[1] == 2 && w > 1;
+        let phased = !direct && tap_rows.is_none() && c.stride[1] == 2 && w > 1;
         let given: &[T] = match self.quads_in {
             true => {
                 let q = T::from_u8(bytemuck::cast_slice(input)).expect("quads_in: u8 storage");
@@ -739,7 +757,21 @@ impl QConv {
             }
             false => &[],
         };
-        let quads: &[T] = if self.quads_in && !phased {
+        let quads: &[T] = if let Some(t) = tap_rows {
+            let len = t.encoded_len(c, n, h, w);
+            quads.resize(len, zero);
+            let layout = (inl.img, inl.chan, inl.pix);
+            t.encode(
+                c,
+                (n, h, w),
+                input,
+                layout,
+                &self.enc,
+                zero,
+                &mut quads[..len],
+            );
+            &quads[..len]
+        } else if self.quads_in && !phased {
             given
         } else {
             // The encoder writes every element of the planes (the zero code in missing
@@ -909,13 +941,19 @@ impl QConv {
             let np = p1 - p0;
             let colr = p0 * NR..((p0 + np) * NR).min(ohw);
             // The image's quads, and one panel of slack past them (the buffer has it at its
-            // end): a partial last panel copies columns it never stores.
-            let src = &quads[ig * plane..(ig * plane + plane + NR * 4).min(quads.len())];
+            // end): a partial last panel copies columns it never stores. Tap rows read on to
+            // the end of the buffer (the next image's rows or the slack).
+            let src = match tap_rows {
+                Some(_) => &quads[ig * plane..],
+                None => &quads[ig * plane..(ig * plane + plane + NR * 4).min(quads.len())],
+            };
             T::with_block(|buf| {
                 // Every element is written below (a copy or the gather, zeros included), so
                 // the buffer is not cleared first.
                 buf.resize(np * panel_len, zero);
-                if direct {
+                if let Some(t) = tap_rows {
+                    t.gather(c, (h, w), src, zero, p0 * NR, buf);
+                } else if direct {
                     // Quad by quad, so each read of the source is one contiguous run.
                     for q in 0..kq {
                         let run = &src[q * hw * 4 + p0 * NR * 4..][..np * NR * 4];
@@ -938,10 +976,9 @@ impl QConv {
                     data: buf,
                     quad_stride: NR * 4,
                 });
-                let off = |j0: usize| (j0 / NR - p0) * panel_len;
                 // SAFETY: tasks partition (image, group, rows, columns); each output element
                 // is written by exactly one task, through the OutPtr of its image and group.
-                unsafe { compute(&groups[gi], panels, off, rows, colr, &ep, outs[ig]) };
+                unsafe { compute(&groups[gi], panels, panel_len, rows, colr, &ep, outs[ig]) };
             });
         });
     }
@@ -1109,7 +1146,7 @@ fn depthwise_channel(
 /// `dst[i] = to(code of x[i])`: one depthwise input plane, with the uniform-grid test taken
 /// once, outside the loop (so each loop vectorizes where its caller is compiled for AVX2).
 #[inline(always)]
-fn encode_plane<T>(enc: &ActEncoder, x: &[f32], dst: &mut [T], to: impl Fn(i32) -> T) {
+pub(crate) fn encode_plane<T>(enc: &ActEncoder, x: &[f32], dst: &mut [T], to: impl Fn(i32) -> T) {
     if enc.is_uniform() {
         for (d, &v) in dst.iter_mut().zip(x) {
             *d = to(enc.encode_uniform(v));
@@ -1395,12 +1432,23 @@ fn gather_panel<T: Int>(
                     let row = &src4[q * hw + iy as usize * w..][..w];
                     let first = (a as isize * sx as isize + off) as usize;
                     let mid = &mut d[a - ox0..b - ox0];
-                    if sx == 1 {
-                        mid.copy_from_slice(&row[first..first + mid.len()]);
-                    } else if phased {
-                        // Columns first, first + 2, ... share a parity: one run of a half.
-                        let start = crate::split_index(first, w);
-                        mid.copy_from_slice(&row[start..start + mid.len()]);
+                    // The start of a contiguous run (columns first, first + 2, ... share a
+                    // parity: one run of a half).
+                    let start = match (sx, phased) {
+                        (1, _) => Some(first),
+                        (_, true) => Some(crate::split_index(first, w)),
+                        _ => None,
+                    };
+                    if let Some(start) = start {
+                        let run = &row[start..start + mid.len()];
+                        // A whole panel row is one fixed-size copy (a vector move, not a call).
+                        match (
+                            <&mut [[T; 4]; NR]>::try_from(&mut *mid),
+                            <&[[T; 4]; NR]>::try_from(run),
+                        ) {
+                            (Ok(m), Ok(r)) => *m = *r,
+                            _ => mid.copy_from_slice(run),
+                        }
                     } else {
                         for (dv, sv) in mid.iter_mut().zip(row[first..].iter().step_by(sx)) {
                             *dv = *sv;
@@ -1864,6 +1912,13 @@ mod tests {
             (conv(8, 12, 1, 1, [2, 2], [1, 1], [0; 4], 1), 2, 9, 12),
             (conv(4, 8, 3, 3, [1, 2], [1, 2], [1, 3, 2, 0], 1), 1, 7, 13),
             (conv(3, 8, 7, 7, [2, 2], [1, 1], [3; 4], 1), 1, 21, 40),
+            // Tap rows (few input channels): the stem at 2 images; 1 channel; 2 channels with
+            // row dilation, uneven pads and stride 2 in x (16-column vector gathers where a
+            // panel lies in one output row); a stride too wide for the vector gather.
+            (conv(3, 8, 7, 7, [2, 2], [1, 1], [3; 4], 1), 2, 20, 38),
+            (conv(1, 8, 3, 3, [1, 1], [1, 1], [1; 4], 1), 2, 5, 18),
+            (conv(2, 12, 5, 5, [1, 2], [2, 1], [2, 1, 2, 3], 1), 1, 9, 40),
+            (conv(3, 8, 11, 11, [4, 4], [1, 1], [2; 4], 1), 1, 30, 61),
             // 7x7 outputs: 49 columns, a last panel of one (done column by column).
             (conv(8, 12, 3, 3, [1, 1], [1, 1], [1; 4], 1), 2, 7, 7),
             // Depthwise with stride 2 (split rows): 3x3 and 5x5, odd and even widths.

@@ -640,6 +640,89 @@ unsafe fn acc_u8i8_vnni(
     std::array::from_fn(|r| _mm512_add_epi32(even[r], odd[r]))
 }
 
+/// Two adjacent `u8 x i8` tiles' sums with AVX-512 VNNI (`MR` rows by `2 * NR` columns, the
+/// panels at `off0` and `off1`): each row's weight quad is broadcast once for both panels, and
+/// the 8 accumulators are independent, so no even/odd split is needed to hide the
+/// `vpdpbusd` latency. Per output it halves the broadcasts and the calls of a single tile.
+///
+/// # Safety
+/// As [`acc_u8i8_vnni`], for both panels.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[inline]
+unsafe fn acc_u8i8_vnni_pair(
+    a: &[i8],
+    b: Panels<'_, u8>,
+    (off0, off1): (usize, usize),
+    kq: usize,
+) -> [[std::arch::x86_64::__m512i; MR]; 2] {
+    use std::arch::x86_64::*;
+    let ap = a.as_ptr();
+    let (bp0, bp1) = (b.data.as_ptr().add(off0), b.data.as_ptr().add(off1));
+    let st = b.quad_stride;
+    let (mut acc0, mut acc1) = ([_mm512_setzero_si512(); MR], [_mm512_setzero_si512(); MR]);
+    for q in 0..kq {
+        // SAFETY: q < kq; B quad q of each panel is the 64 bytes at q*st inside its checked
+        // extent; A quad q row r is 4 bytes at q*16 + r*4 < kq*MR*4.
+        let (b0, b1) = (
+            _mm512_loadu_si512(bp0.add(q * st) as *const __m512i),
+            _mm512_loadu_si512(bp1.add(q * st) as *const __m512i),
+        );
+        for (r, (a0, a1)) in acc0.iter_mut().zip(&mut acc1).enumerate() {
+            let wq = _mm512_set1_epi32((ap.add(q * MR * 4 + r * 4) as *const i32).read_unaligned());
+            *a0 = _mm512_dpbusd_epi32(*a0, b0, wq);
+            *a1 = _mm512_dpbusd_epi32(*a1, b1, wq);
+        }
+    }
+    [acc0, acc1]
+}
+
+/// A strip of `2 * pairs` whole `u8 x i8` tiles (`MR` rows from `r0`, columns from `j0`, the
+/// activation panel of tile `t` at `off0 + t * stride`), two at a time with
+/// [`acc_u8i8_vnni_pair`], each stored through the 16-lane epilogue as
+/// [`tile_store_u8i8_vnni`] would; the residual is prefetched as in [`compute`] (`end` is the
+/// caller's last column).
+///
+/// # Safety
+/// As [`tile_store_u8i8_vnni`] for every tile; the last tile's panel must pass `b.check`
+/// (the earlier ones lie below it).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn strip_store_u8i8_vnni(
+    a: &[i8],
+    b: Panels<'_, u8>,
+    (off0, stride, pairs): (usize, usize, usize),
+    kq: usize,
+    r0: usize,
+    (j0, end): (usize, usize),
+    ep: &Epilogue<'_>,
+    lohi: (f32, f32),
+    out: OutPtr,
+) {
+    use std::arch::x86_64::*;
+    // The last tile's bounds hold for the earlier ones: their elements lie below it.
+    check_whole_tile(r0, j0 + (2 * pairs - 1) * NR, ep, out);
+    let corr: [i32; MR] = std::array::from_fn(|rr| ep.zero_corr.map_or(0, |z| z[r0 + rr]) as i32);
+    for i in 0..pairs {
+        let j = j0 + 2 * i * NR;
+        for t in [RESIDUAL_PREFETCH_TILES, RESIDUAL_PREFETCH_TILES + 1] {
+            prefetch_residual(ep, out, r0, MR, j + t * NR, end);
+        }
+        let offs = (off0 + 2 * i * stride, off0 + (2 * i + 1) * stride);
+        // SAFETY: forwarded contract; both panels lie at or below the checked last one.
+        let acc = unsafe { acc_u8i8_vnni_pair(a, b, offs, kq) };
+        for (half, acc) in acc.iter().enumerate() {
+            // |corr| <= 255 * 64 * K, within i32 (checked at build).
+            let x: [__m512; MR] = std::array::from_fn(|rr| {
+                _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[rr], _mm512_set1_epi32(corr[rr])))
+            });
+            // SAFETY: AVX-512 F present; inside the strip checked above; exclusive (contract).
+            unsafe { store_rows_avx512(x, r0, j + half * NR, ep, lohi, out) };
+        }
+    }
+}
+
 /// `i16 x i16` tile with AVX2: `vpmaddwd` against each row's quad of weights broadcast,
 /// eight columns at a time (16 accumulators would not fit the registers). Each i32 lane holds
 /// the sum of 2 products per quad over at most `chunk` quads (the caller's bound keeps it
@@ -1056,6 +1139,55 @@ unsafe fn tile_store_fast(
         }
     }
     let _ = (w, p, b, off, r0, j0, ep, out);
+    false
+}
+
+/// Computes and stores a strip of `2 * pairs` whole tiles (`MR` rows from `r0`, columns from
+/// `j0`, tile `t`'s activation panel at `off0 + t * stride`) two at a time when the kernel is
+/// the `u8 x i8` VNNI one and the epilogue runs in registers; returns false (having done
+/// nothing) otherwise.
+///
+/// # Safety
+/// As [`compute`]; the tiles are whole (`MR` rows, `NR` columns, unit column stride).
+#[allow(clippy::too_many_arguments)]
+#[inline]
+unsafe fn strip_store_fast(
+    w: &PackedWeights,
+    p: usize,
+    b: ActPanels<'_>,
+    (off0, stride, pairs): (usize, usize, usize),
+    r0: usize,
+    (j0, end): (usize, usize),
+    ep: &Epilogue<'_>,
+    out: OutPtr,
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if let (PackedWeights::U8I8(a, U8I8Kernel::Vnni), ActPanels::U8(b)) = (w, b) {
+        let uniform = out.quads.is_none_or(|q| q.enc.is_uniform());
+        if let (Some(lohi), true, true) = (ep.act.clamp_bounds(), uniform, pairs > 0) {
+            let kq = w.quads();
+            let last = off0 + (2 * pairs - 1) * stride;
+            assert!(b.check(last, kq), "qgemm: activation panel out of bounds");
+            // SAFETY: this kernel is chosen only with AVX-512 F, BW, DQ, VL and VNNI present;
+            // the last panel's bounds are asserted above (the others lie below it), `a.panel`
+            // holds kq * MR * 4 values; the tiles are whole and exclusive (function contract).
+            unsafe {
+                strip_store_u8i8_vnni(
+                    a.panel(p),
+                    b,
+                    (off0, stride, pairs),
+                    kq,
+                    r0,
+                    (j0, end),
+                    ep,
+                    lohi,
+                    out,
+                )
+            };
+            return true;
+        }
+    }
+    let _ = (w, p, b, off0, stride, pairs, r0, j0, end, ep, out);
     false
 }
 
@@ -1682,20 +1814,22 @@ pub fn narrow_tail(w: &PackedWeights, tail: usize) -> bool {
 }
 
 /// Computes rows `rows` and columns `cols` of `w` times the activation panels and stores them
-/// through `ep`. `panel_off(j0)` is the offset in `b` of the panel of columns `j0..j0+NR`.
+/// through `ep`. The panel of columns `cols.start + i * NR..` starts at `i * panel_stride`
+/// in `b`.
 ///
 /// # Safety
 /// No other thread may touch the output elements of `rows x cols` during the call.
 pub unsafe fn compute(
     w: &PackedWeights,
     b: ActPanels<'_>,
-    panel_off: impl Fn(usize) -> usize,
+    panel_stride: usize,
     rows: std::ops::Range<usize>,
     cols: std::ops::Range<usize>,
     ep: &Epilogue<'_>,
     out: OutPtr,
 ) {
     let m = w.rows();
+    let panel_off = |j0: usize| (j0 - cols.start) / NR * panel_stride;
     debug_assert!(rows.start.is_multiple_of(MR) && cols.start.is_multiple_of(NR));
     // A narrow last panel (7x7 outputs leave 1 column of 16) goes column by column through
     // the matrix-vector kernel, which multiplies only that column, where a tile would
@@ -1727,6 +1861,14 @@ pub unsafe fn compute(
         let mut j0 = cols.start;
         for d in 0..RESIDUAL_PREFETCH_TILES {
             prefetch_residual(ep, out, r0, nrows, j0 + d * NR, cols.end);
+        }
+        if nrows == MR && out.cs == 1 {
+            let pairs = (tiles_end - j0) / (2 * NR);
+            let strip = (panel_off(j0), panel_stride, pairs);
+            // SAFETY: forwarded contract (whole tiles of this call).
+            if unsafe { strip_store_fast(w, p, b, strip, r0, (j0, cols.end), ep, out) } {
+                j0 += pairs * 2 * NR;
+            }
         }
         while j0 < tiles_end {
             prefetch_residual(
@@ -1857,7 +1999,7 @@ mod tests {
                         quad_stride: stride,
                     });
                     // SAFETY: one thread writes the whole output.
-                    unsafe { compute(&pw, b, |j0| j0 * 4, 0..m, 0..n, &ep, out) };
+                    unsafe { compute(&pw, b, NR * 4, 0..m, 0..n, &ep, out) };
                     for r in 0..m {
                         for j in 0..n {
                             let mut v = (want[r * n + j] - corr[r]) as f32 * mult[r] + bias[r];
@@ -1934,7 +2076,7 @@ mod tests {
                 quad_stride: stride,
             });
             // SAFETY: one thread writes the whole output.
-            unsafe { compute(&pw, b, |j0| j0 * 4, 0..m, 0..n, &ep, out) };
+            unsafe { compute(&pw, b, NR * 4, 0..m, 0..n, &ep, out) };
             for (i, (&g, &s)) in got.iter().zip(&want).enumerate() {
                 assert_eq!(g, s as f32, "{kern:?} output {i}");
             }
@@ -1962,6 +2104,6 @@ mod tests {
         let mut got = vec![0f32; 64];
         let out = OutPtr::new(&mut got, 16, 1);
         // SAFETY: one thread writes the whole output.
-        unsafe { compute(&pw, b, |j0| j0 * 4, 0..4, 0..16, &ep, out) };
+        unsafe { compute(&pw, b, NR * 4, 0..4, 0..16, &ep, out) };
     }
 }
