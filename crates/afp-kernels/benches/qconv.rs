@@ -1,7 +1,8 @@
 //! The packed integer path against the FP32 kernels on the same shapes, in one run: ResNet-50
 //! convolutions (5-bit E2M2 weights as integers |n| <= 28, 8-bit uE0M8 activations) and a
 //! batch-1 Gemm. The integer convolution is timed from f32 input (`afp_int`, its encoding
-//! included) and from codes (`afp_int_codes`, as handed over between layers). 2-thread rayon
+//! included) and from codes (`afp_int_codes`, as handed over between layers; not for the
+//! stem, whose tap-row input no layer hands over). 2-thread rayon
 //! pool (override with AFP_BENCH_THREADS). Throughput is elements/s with one element per FLOP
 //! (2 per MAC), so "Gelem/s" reads as GFLOP/s; the integer path counts its multiply-adds the
 //! same way.
@@ -113,8 +114,11 @@ fn bench(c: &mut Criterion) {
             );
             // From codes: the input as the channel quads a producer hands over (as 32 of
             // ResNet-50's 54 layers receive it in the engine), so only the GEMM (with im2col
-            // where the kernel needs it) and its epilogue are timed.
-            let qr = q.reading_quads().unwrap();
+            // where the kernel needs it) and its epilogue are timed. The stem reads its
+            // input in tap rows, which no producer hands over: it has no such variant.
+            let Ok(qr) = q.reading_quads() else {
+                continue;
+            };
             let codes = q.encode_input_quads(n, hw, hw, &input).unwrap();
             group.bench_with_input(
                 BenchmarkId::new(format!("{name}/afp_int_codes"), format!("n{n}")),

@@ -1203,15 +1203,18 @@ fn encode_quads<T: BlockBuf>(
     if hw == 1 {
         // One pixel per quad (a Gemm at batch 1, a 1x1 plane): the quads are the channels
         // in order, too few per plane to hand out to threads one by one.
+        let z = zero.widen() as i32;
         for (ig, d) in dst.chunks_exact_mut(cq * 4).enumerate() {
             let (img, gi) = (ig / g, ig % g);
             let base = img * inl.img + gi * cig * inl.chan;
-            for (c, d) in d.iter_mut().enumerate() {
-                *d = if c < cig {
-                    T::from_i32(enc.encode(input[base + c * inl.chan]) + zero.widen() as i32)
-                } else {
-                    zero
-                };
+            let (d, pad) = d.split_at_mut(cig);
+            pad.fill(zero);
+            if inl.chan == 1 {
+                encode_plane(enc, &input[base..base + cig], d, |n| T::from_i32(n + z));
+            } else {
+                for (c, d) in d.iter_mut().enumerate() {
+                    *d = T::from_i32(enc.encode(input[base + c * inl.chan]) + z);
+                }
             }
         }
         return;

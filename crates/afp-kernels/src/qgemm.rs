@@ -1459,20 +1459,37 @@ unsafe fn group_dot_nibbles_vnni(
     let low = _mm512_set1_epi8(0x0F);
     // SAFETY: 16 bytes from a 16-element array.
     let tv = _mm512_broadcast_i32x4(unsafe { _mm_loadu_si128(table.as_ptr() as *const __m128i) });
-    let mut acc = [_mm512_setzero_si512(); 4];
-    for s in 0..pairs {
+    // One step: the 64 bytes of pair `s` (16 rows x 8 k) decoded into the low and high
+    // nibbles' weights and multiplied into two accumulators.
+    let step = |s: usize, a_lo: __m512i, a_hi: __m512i| -> (__m512i, __m512i) {
         // SAFETY: 64 bytes at s*64, within pairs * 64 (contract).
         let nv = unsafe { _mm512_loadu_si512(np.add(s * 64) as *const __m512i) };
         let lo = _mm512_shuffle_epi8(tv, _mm512_and_si512(nv, low));
         let hi = _mm512_shuffle_epi8(tv, _mm512_and_si512(_mm512_srli_epi16::<4>(nv), low));
-        let u = 2 * (s % 2);
-        acc[u] = _mm512_dpbusd_epi32(acc[u], _mm512_set1_epi32(xq[2 * s] as i32), lo);
-        acc[u + 1] = _mm512_dpbusd_epi32(acc[u + 1], _mm512_set1_epi32(xq[2 * s + 1] as i32), hi);
-    }
-    let sum = _mm512_add_epi32(
-        _mm512_add_epi32(acc[0], acc[1]),
-        _mm512_add_epi32(acc[2], acc[3]),
+        (
+            _mm512_dpbusd_epi32(a_lo, _mm512_set1_epi32(xq[2 * s] as i32), lo),
+            _mm512_dpbusd_epi32(a_hi, _mm512_set1_epi32(xq[2 * s + 1] as i32), hi),
+        )
+    };
+    // Two steps per iteration into four named accumulators: kept in registers (an indexed
+    // array of them was kept on the stack, every step a store and a reload), and
+    // consecutive `vpdpbusd`s do not wait on each other.
+    let (mut a0, mut a1, mut a2, mut a3) = (
+        _mm512_setzero_si512(),
+        _mm512_setzero_si512(),
+        _mm512_setzero_si512(),
+        _mm512_setzero_si512(),
     );
+    let mut s = 0;
+    while s + 2 <= pairs {
+        (a0, a1) = step(s, a0, a1);
+        (a2, a3) = step(s + 1, a2, a3);
+        s += 2;
+    }
+    if s < pairs {
+        (a0, a1) = step(s, a0, a1);
+    }
+    let sum = _mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3));
     let mut out = [0i32; GROUP_ROWS];
     // SAFETY: 16 i32 into a 16-element array.
     unsafe { _mm512_storeu_si512(out.as_mut_ptr() as *mut __m512i, sum) };
@@ -1500,15 +1517,8 @@ pub unsafe fn gemv(
     let end = rows.end.min(a.m);
     // Stores `sums[i]` as row `r0 + i`, for the rows `lo..hi` (from a multiple of MR).
     let store = |sums: &[i32], r0: usize, lo: usize, hi: usize| {
-        for t0 in (lo..hi).step_by(MR) {
-            let mut t = [[0i32; NR]; MR];
-            let nrows = (hi - t0).min(MR);
-            for (rr, t) in t.iter_mut().enumerate().take(nrows) {
-                t[0] = sums[t0 - r0 + rr];
-            }
-            // SAFETY: forwarded contract.
-            unsafe { store_tile(&Tile::I32(t), t0, nrows, col, 1, ep, out) };
-        }
+        // SAFETY: forwarded contract.
+        unsafe { store_column(&sums[lo - r0..hi - r0], lo, col, ep, out) };
     };
     // The column's form says which weights to read (see `Column::new`).
     if let (Some(nb), false) = (&a.nibbles, x.quads.is_empty()) {
@@ -1750,6 +1760,63 @@ unsafe fn store_tile(
                 // SAFETY: within the tile's whole quads (asserted); exclusive per the contract.
                 unsafe { *out.ptr.add(q.at(r, j)) = q.zero };
             }
+        }
+    }
+}
+
+/// Stores the sums of rows `r0..r0 + sums.len()` (at most [`GROUP_ROWS`], from a multiple of
+/// 4) in column `col` through the epilogue: the operations of [`store_tile`] in its order,
+/// without building a tile for one column.
+///
+/// # Safety
+/// No other thread may read or write these output elements during the call.
+unsafe fn store_column(sums: &[i32], r0: usize, col: usize, ep: &Epilogue<'_>, out: OutPtr) {
+    let rows = sums.len();
+    assert!(
+        (1..=GROUP_ROWS).contains(&rows),
+        "qgemm: column of {rows} rows"
+    );
+    match out.quads {
+        // Whole quads: the rows past the output channels get the zero code.
+        Some(q) => assert!(
+            q.at(r0 + rows - 1, col) | 3 < out.len,
+            "qgemm: output column out of bounds"
+        ),
+        None => assert!(
+            (r0 + rows - 1) * out.rs + col * out.cs < out.len,
+            "qgemm: output column out of bounds"
+        ),
+    }
+    let mut full = [0f32; GROUP_ROWS];
+    let v = &mut full[..rows];
+    for (i, (v, &s)) in v.iter_mut().zip(sums).enumerate() {
+        let r = r0 + i;
+        // |corr| <= 255 * 64 * K, within i32 (checked at build).
+        let corr = ep.zero_corr.map_or(0, |z| z[r]) as i32;
+        *v = (s - corr) as f32 * ep.mult[r] + ep.bias.map_or(0.0, |b| b[r]);
+        if let Some((sc, sh)) = ep.affine {
+            *v = *v * sc[r] + sh[r];
+        }
+        if let Some(res) = ep.residual {
+            *v += res[r * out.rs + col * out.cs];
+        }
+    }
+    ep.act.apply_slice(v);
+    for (i, &x) in v.iter().enumerate() {
+        let r = r0 + i;
+        match out.quads {
+            // SAFETY: q.at(r, col) <= the column's last quad byte < len (asserted);
+            // exclusive per the contract.
+            Some(q) => unsafe { *out.ptr.add(q.at(r, col)) = q.code(x) },
+            // SAFETY: r * rs + col * cs <= the last element < len (asserted); exclusive.
+            None => unsafe { *out.f32_ptr().add(r * out.rs + col * out.cs) = x },
+        }
+    }
+    if let Some(q) = out.quads {
+        // The channels of the last quad past the output's.
+        for r in r0 + rows..(r0 + rows).next_multiple_of(4) {
+            // SAFETY: within the column's whole quads (asserted); exclusive per the contract.
+            unsafe { *out.ptr.add(q.at(r, col)) = q.zero };
         }
     }
 }
