@@ -2041,22 +2041,25 @@ mod tests {
                 let sc: Vec<f32> = (0..m).map(|r| 1.5 - 0.25 * r as f32).collect();
                 let sh: Vec<f32> = (0..m).map(|r| 0.125 * r as f32).collect();
                 let res: Vec<f32> = (0..m * n).map(|i| (i % 7) as f32 * 0.75 - 2.0).collect();
-                // (activation, transposed output, with affine and residual): whole tiles with
-                // unit column stride take the in-register epilogue, the rest `store_tile`.
-                for (act, transposed, extras) in [
-                    (Activation::None, false, false),
-                    (Activation::Relu, false, true),
-                    (clip, false, true),
-                    (Activation::Sigmoid, false, true),
-                    (Activation::Relu, true, true),
+                // (activation, transposed output, with an affine step, with a residual): whole
+                // tiles with unit column stride take the in-register epilogue, the rest
+                // `store_tile`.
+                for (act, transposed, affine, residual) in [
+                    (Activation::None, false, false, false),
+                    (Activation::Relu, false, false, false),
+                    (clip, false, false, true),
+                    (Activation::Relu, false, true, true),
+                    (clip, false, true, true),
+                    (Activation::Sigmoid, false, true, true),
+                    (Activation::Relu, true, true, true),
                 ] {
                     let ep = Epilogue {
                         mult: &mult,
                         bias: Some(&bias),
                         act,
                         zero_corr: Some(&corr),
-                        affine: extras.then_some((&sc[..], &sh[..])),
-                        residual: extras.then_some(&res[..]),
+                        affine: affine.then_some((&sc[..], &sh[..])),
+                        residual: residual.then_some(&res[..]),
                     };
                     let mut got = vec![f32::NAN; m * n];
                     let (rs, cs) = if transposed { (1, m) } else { (n, 1) };
@@ -2070,14 +2073,17 @@ mod tests {
                     for r in 0..m {
                         for j in 0..n {
                             let mut v = (want[r * n + j] - corr[r]) as f32 * mult[r] + bias[r];
-                            if extras {
+                            if affine {
                                 v = v * sc[r] + sh[r];
+                            }
+                            if residual {
                                 v += res[r * rs + j * cs];
                             }
                             assert_eq!(
                                 got[r * rs + j * cs].to_bits(),
                                 act.apply(v).to_bits(),
-                                "{kern:?} m{m} k{k} n{n} {act:?} extras {extras} at ({r},{j})"
+                                "{kern:?} m{m} k{k} n{n} {act:?} affine {affine} residual \
+                                 {residual} at ({r},{j})"
                             );
                         }
                     }
