@@ -301,7 +301,8 @@ pub(crate) fn fast_plane(
     let owv = ow.next_multiple_of(8);
     // Last element read: row (oh-1)*s + k-1, column (owv-1)*s + k-1 (+8 for
     // the second load of stride 2).
-    let pw = (w + pl).max((owv - 1) * s + k + 8);
+    // (and 8 past the last input column, where the row copy's last vector writes zeros)
+    let pw = (w + pl + 8).max((owv - 1) * s + k + 8);
     let ph = (h + pt).max((oh - 1) * s + k);
     let layout = (ph, pw, pt, pl, h, w);
     if pad.layout != layout {
@@ -310,95 +311,151 @@ pub(crate) fn fast_plane(
         pad.layout = layout;
     }
     let buf = &mut pad.data;
-    for (y, src) in input.chunks_exact(w).enumerate() {
-        buf[(y + pt) * pw + pl..][..w].copy_from_slice(src);
-    }
     let (lo, hi) = match act {
         Activation::Relu => (0.0, f32::INFINITY),
         Activation::Clip { min, max } => (min, max),
         _ => (f32::NEG_INFINITY, f32::INFINITY),
     };
-    let mut tmp = [0.0f32; 8];
     #[cfg(target_arch = "x86_64")]
-    for (oy, orow) in out.chunks_exact_mut(ow).enumerate() {
-        let rows = &buf[oy * s * pw..][..(k - 1) * pw + pw];
-        // SAFETY: `fast_ok` checked AVX2+FMA. `rows` holds k padded rows of
-        // pw >= (owv-1)*s + k + 8 elements each, which covers every read
-        // of `row_avx2` (asserted there).
+    {
+        // SAFETY: `fast_ok` checked AVX2+FMA. The copy writes rows pt..pt+h, columns
+        // pl..pl+w of the ph x pw buffer (ph >= h + pt, pw >= w + pl) from `input`'s h rows
+        // of w (asserted there). `buf` holds ph rows of pw >= (owv-1)*s + k + 8 elements,
+        // which covers every read of `plane_avx2` (asserted there).
         unsafe {
+            copy_rows_avx2(input, w, buf, pw, (pt, pl));
             match (k, s) {
-                (3, 1) => row_avx2::<3, 1>(rows, pw, weight, bias, lo, hi, orow, &mut tmp),
-                (3, 2) => row_avx2::<3, 2>(rows, pw, weight, bias, lo, hi, orow, &mut tmp),
-                (5, 1) => row_avx2::<5, 1>(rows, pw, weight, bias, lo, hi, orow, &mut tmp),
-                (5, 2) => row_avx2::<5, 2>(rows, pw, weight, bias, lo, hi, orow, &mut tmp),
+                (3, 1) => plane_avx2::<3, 1>(buf, pw, weight, (bias, lo, hi), out, ow),
+                (3, 2) => plane_avx2::<3, 2>(buf, pw, weight, (bias, lo, hi), out, ow),
+                (5, 1) => plane_avx2::<5, 1>(buf, pw, weight, (bias, lo, hi), out, ow),
+                (5, 2) => plane_avx2::<5, 2>(buf, pw, weight, (bias, lo, hi), out, ow),
                 _ => unreachable!("fast_ok admits 3x3 / 5x5, stride 1 / 2"),
             }
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (out, weight, bias, lo, hi, &mut tmp);
+    let _ = (input, buf, out, weight, bias, lo, hi, ow, oh);
 }
 
-/// One output row of a `K x K`, stride `S` depthwise conv from `K` padded
-/// rows (`rows[ki * pw + x]`).
+/// The lanes `0..rem` of an 8-lane vector, as a mask for `maskload` / `maskstore`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+fn lanes_below(rem: usize) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    _mm256_cmpgt_epi32(
+        _mm256_set1_epi32(rem as i32),
+        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+    )
+}
+
+/// Copies the `w`-wide rows of `input` into `buf` (rows `pw` apart) from row `pt`, column
+/// `pl`: whole vectors, then the last `w % 8` values loaded masked and stored as a whole
+/// vector, whose other lanes write zeros into the row's right padding (a masked store is
+/// slow on AMD cores).
 ///
 /// # Safety
-/// AVX2 and FMA must be available. (All memory accesses are through
-/// pointers into `rows`, `weight`, `orow`, `tmp`, bounds-asserted below.)
+/// AVX2 must be available. (Accesses are asserted below.)
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn row_avx2<const K: usize, const S: usize>(
-    rows: &[f32],
+#[target_feature(enable = "avx2")]
+unsafe fn copy_rows_avx2(
+    input: &[f32],
+    w: usize,
+    buf: &mut [f32],
     pw: usize,
-    weight: &[f32],
-    bias: f32,
-    lo: f32,
-    hi: f32,
-    orow: &mut [f32],
-    tmp: &mut [f32; 8],
+    (pt, pl): (usize, usize),
 ) {
     use std::arch::x86_64::*;
-    let ow = orow.len();
+    let h = input.len() / w.max(1);
+    assert!(w >= 1 && pl + w + 8 <= pw && (pt + h) * pw <= buf.len());
+    let (whole, rem) = (w / 8 * 8, w % 8);
+    let mask = lanes_below(rem);
+    for (y, src) in input.chunks_exact(w).enumerate() {
+        let dst = &mut buf[(y + pt) * pw + pl..][..w + 8];
+        // SAFETY: loads: whole vectors end at or before w, the masked lanes are below w
+        // (src holds w values); stores: at most whole + 8 <= w + 8 = dst.len().
+        unsafe {
+            for x in (0..whole).step_by(8) {
+                _mm256_storeu_ps(
+                    dst.as_mut_ptr().add(x),
+                    _mm256_loadu_ps(src.as_ptr().add(x)),
+                );
+            }
+            if rem > 0 {
+                let v = _mm256_maskload_ps(src.as_ptr().add(whole), mask);
+                _mm256_storeu_ps(dst.as_mut_ptr().add(whole), v);
+            }
+        }
+    }
+}
+
+/// A whole output plane (`out.len() / ow` rows of `ow`) of a `K x K`, stride `S`
+/// depthwise conv from the padded plane `buf` (rows `pw` apart), 8 columns at a time:
+/// `bias + sum_taps w * buf[oy*S + ki][ox*S + kj]`, clamped to `(lo, hi)`. The weights
+/// are broadcast once per plane and a last partial vector is stored masked, which matters
+/// on small planes (7x7, 14x14), where a plane is a few vectors.
+///
+/// # Safety
+/// AVX2 and FMA must be available. (All memory accesses are through pointers into `buf`,
+/// `weight` and `out`, bounds-asserted below.)
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn plane_avx2<const K: usize, const S: usize>(
+    buf: &[f32],
+    pw: usize,
+    weight: &[f32],
+    (bias, lo, hi): (f32, f32, f32),
+    out: &mut [f32],
+    ow: usize,
+) {
+    use std::arch::x86_64::*;
+    let oh = out.len() / ow;
     let nv = ow.div_ceil(8);
-    assert!(weight.len() >= K * K);
-    assert!(rows.len() >= (K - 1) * pw + pw);
-    // Largest offset read: (K-1)*pw + (nv*8 - 1)*S + (K-1) + (S == 2: +8 vector).
+    assert!(weight.len() >= K * K && oh * ow == out.len());
+    // Largest offset read: ((oh-1)*S + K-1)*pw + (nv*8 - 1)*S + (K-1) (+8 for S == 2).
     assert!(pw >= (nv * 8 - 1) * S + K + 8);
+    assert!(buf.len() >= ((oh - 1) * S + K) * pw);
     let wv: [__m256; 25] =
         std::array::from_fn(|t| _mm256_set1_ps(if t < K * K { weight[t] } else { 0.0 }));
     let (bv, lov, hiv) = (_mm256_set1_ps(bias), _mm256_set1_ps(lo), _mm256_set1_ps(hi));
-    let rp = rows.as_ptr();
-    for v in 0..nv {
-        let mut acc = bv;
-        for ki in 0..K {
-            for kj in 0..K {
-                let off = ki * pw + v * 8 * S + kj;
-                // SAFETY: off + 8*S - 1 <= (K-1)*pw + (nv*8-1)*S + K-1 + 8
-                // < rows.len() (asserted above: pw covers it).
-                let x = unsafe {
-                    if S == 1 {
-                        _mm256_loadu_ps(rp.add(off))
-                    } else {
-                        let a = _mm256_loadu_ps(rp.add(off));
-                        let b = _mm256_loadu_ps(rp.add(off + 8));
-                        // Even elements of a ++ b, in order.
-                        let e = _mm256_shuffle_ps::<0x88>(a, b);
-                        _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(e)))
-                    }
-                };
-                acc = _mm256_fmadd_ps(wv[ki * K + kj], x, acc);
+    let rem = ow - (nv - 1) * 8;
+    let mask = lanes_below(rem);
+    for oy in 0..oh {
+        let rp = buf.as_ptr().add(oy * S * pw);
+        let op = out.as_mut_ptr().add(oy * ow);
+        for v in 0..nv {
+            let mut acc = bv;
+            for ki in 0..K {
+                for kj in 0..K {
+                    let off = ki * pw + v * 8 * S + kj;
+                    // SAFETY: off + 8*S - 1 <= (K-1)*pw + (nv*8-1)*S + K-1 + 8 past the
+                    // row start oy*S*pw, inside `buf` (asserted above).
+                    let x = unsafe {
+                        if S == 1 {
+                            _mm256_loadu_ps(rp.add(off))
+                        } else {
+                            let a = _mm256_loadu_ps(rp.add(off));
+                            let b = _mm256_loadu_ps(rp.add(off + 8));
+                            // Even elements of a ++ b, in order.
+                            let e = _mm256_shuffle_ps::<0x88>(a, b);
+                            _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(e)))
+                        }
+                    };
+                    acc = _mm256_fmadd_ps(wv[ki * K + kj], x, acc);
+                }
             }
-        }
-        let r = _mm256_min_ps(_mm256_max_ps(acc, lov), hiv);
-        let x0 = v * 8;
-        if x0 + 8 <= ow {
-            // SAFETY: x0 + 8 <= ow = orow.len().
-            unsafe { _mm256_storeu_ps(orow.as_mut_ptr().add(x0), r) };
-        } else {
-            // SAFETY: tmp has 8 elements.
-            unsafe { _mm256_storeu_ps(tmp.as_mut_ptr(), r) };
-            orow[x0..].copy_from_slice(&tmp[..ow - x0]);
+            let r = _mm256_min_ps(_mm256_max_ps(acc, lov), hiv);
+            // SAFETY: columns v*8.. of row oy. Whole vectors end at or before ow. A partial
+            // last vector of a row but the last writes its extra lanes into the next row's
+            // first columns (inside `out`), which that row's first vector, stored later,
+            // overwrites; the plane's last row stores its `rem` lanes only.
+            unsafe {
+                if v + 1 < nv || rem == 8 || oy + 1 < oh {
+                    _mm256_storeu_ps(op.add(v * 8), r);
+                } else {
+                    _mm256_maskstore_ps(op.add(v * 8), mask, r);
+                }
+            }
         }
     }
 }
