@@ -22,6 +22,32 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
+/// `out[r] = dot(w, x[r])` for `R` rows of `x` (each `w.len()` long), bit for bit [`dot`]:
+/// the same 8 partial sums per row, accumulated in the same order, combined the same way.
+#[inline(always)]
+fn dot_block<const R: usize>(w: &[f32], x: &[f32], out: &mut [f32]) {
+    let k = w.len();
+    let mut acc = [[0.0f32; 8]; R];
+    let whole = k / 8 * 8;
+    for c in (0..whole).step_by(8) {
+        let wv: &[f32; 8] = w[c..c + 8].try_into().expect("8 values");
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let xv: &[f32; 8] = x[r * k + c..r * k + c + 8].try_into().expect("8 values");
+            for i in 0..8 {
+                acc[i] += wv[i] * xv[i];
+            }
+        }
+    }
+    for (r, (acc, o)) in acc.iter().zip(out.iter_mut()).enumerate() {
+        let mut s =
+            ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+        for (a, b) in x[r * k + whole..(r + 1) * k].iter().zip(&w[whole..]) {
+            s += b * a;
+        }
+        *o = s;
+    }
+}
+
 /// `res[o * rows + r] = dot(w[o], x[r])` for the `w` rows `o` and the `rows` rows of `x`
 /// (each `k` long), compiled for the widest instruction set the machine has. Each `w`
 /// row is read once and stays in L1 while every `x` row passes over it.
@@ -39,7 +65,19 @@ pub(crate) fn dots(w: &[f32], x: &[f32], k: usize, rows: usize, res: &mut [f32])
         fn with_simd<S: Simd>(self, _simd: S) {
             let Dots { w, x, k, rows, res } = self;
             for (wr, out) in w.chunks_exact(k).zip(res.chunks_exact_mut(rows)) {
-                for (xr, o) in x.chunks_exact(k).zip(out.iter_mut()) {
+                // `x` rows in blocks: each chunk of the `w` row is loaded once for the block,
+                // and the block's sums are independent chains (one row's dot alone waits on
+                // the latency of its adds).
+                let mut r = 0;
+                while r + 8 <= rows {
+                    dot_block::<8>(wr, &x[r * k..(r + 8) * k], &mut out[r..r + 8]);
+                    r += 8;
+                }
+                if r + 4 <= rows {
+                    dot_block::<4>(wr, &x[r * k..(r + 4) * k], &mut out[r..r + 4]);
+                    r += 4;
+                }
+                for (xr, o) in x[r * k..rows * k].chunks_exact(k).zip(&mut out[r..]) {
                     *o = dot(wr, xr);
                 }
             }
@@ -59,22 +97,24 @@ mod tests {
     #[test]
     fn dots_equal_the_scalar_dot_bit_for_bit() {
         let k = 37;
+        // 15 rows: a block of 8, one of 4 and 3 single dots.
+        let rows = 15;
         let w: Vec<f32> = (0..3 * k)
             .map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.37)
             .collect();
-        let x: Vec<f32> = (0..2 * k)
+        let x: Vec<f32> = (0..rows * k)
             .map(|i| ((i * 5 % 13) as f32 - 6.0) * 0.21)
             .collect();
-        let mut res = vec![f32::NAN; 6];
-        dots(&w, &x, k, 2, &mut res);
+        let mut res = vec![f32::NAN; 3 * rows];
+        dots(&w, &x, k, rows, &mut res);
         for o in 0..3 {
-            for r in 0..2 {
+            for r in 0..rows {
                 let want = dot(&w[o * k..][..k], &x[r * k..][..k]);
-                assert_eq!(res[o * 2 + r].to_bits(), want.to_bits());
+                assert_eq!(res[o * rows + r].to_bits(), want.to_bits());
                 let naive: f64 = (0..k)
                     .map(|q| w[o * k + q] as f64 * x[r * k + q] as f64)
                     .sum();
-                assert!((res[o * 2 + r] as f64 - naive).abs() < 1e-4 * (1.0 + naive.abs()));
+                assert!((res[o * rows + r] as f64 - naive).abs() < 1e-4 * (1.0 + naive.abs()));
             }
         }
     }
