@@ -8,10 +8,11 @@
 //! the row while it is hot.
 //!
 //! Fast path (AVX2+FMA, 3x3 / 5x5, stride 1 or 2, no dilation, clamp-type
-//! activation): the plane is copied once into a zero-padded buffer and each
-//! output row is computed 8 columns at a time with explicit FMAs; stride 2
-//! loads 16 consecutive inputs and keeps the even ones with two shuffles (no
-//! parity-split copy).
+//! activation): the plane is copied once into a zero-padded buffer and the
+//! output plane is computed in one call, 8 columns at a time with explicit
+//! FMAs and the weights broadcast once; stride 2 loads 16 consecutive inputs
+//! and keeps the even ones with two shuffles (no parity-split copy). Masked
+//! stores (slow on AMD cores) are left for the plane's last partial vector.
 
 use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
