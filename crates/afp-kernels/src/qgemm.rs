@@ -2001,6 +2001,8 @@ mod tests {
             (5usize, 2usize, 19usize, 255u32, 28u32),
             (4, 16, 16, 255, 64),
             (9, 250, 33, 255, 32),
+            // Six whole tiles (a strip of three pairs) and a tail of 4 columns.
+            (8, 7, 100, 255, 28),
             (3, 1152, 17, 200, 28),
             (1, 1, 1, 255, 64),
         ] {
