@@ -17,24 +17,33 @@ pub struct Session {
     slot_of: Vec<Option<usize>>,
     /// f32 elements of each value's buffer (see [`buffer_lens`]).
     lens: Vec<usize>,
+    /// Where a reader's codes start in the buffer of a value also stored as codes
+    /// ([`afp_kernels::QConv::writing_codes_too`]): after its f32 elements.
+    codes_at: Vec<Option<usize>>,
     scratch: Vec<f32>,
     qscratch: afp_kernels::QScratch,
 }
 
 /// The f32 elements each value's buffer holds: its element count, or for the output of a
-/// layer that stores it as the next layer's u8 channel quads, the quarter or so they take.
-fn buffer_lens(g: &Graph) -> Vec<usize> {
+/// layer that stores it as the next layer's u8 channel quads, the quarter or so they take,
+/// or for one stored as f32 and as a reader's codes, both; and where those codes start.
+fn buffer_lens(g: &Graph) -> (Vec<usize>, Vec<Option<usize>>) {
     let mut lens: Vec<usize> = g.values.iter().map(|v| v.numel()).collect();
+    let mut codes_at = vec![None; g.values.len()];
     for n in &g.nodes {
         if let Op::QConv(q) | Op::QConvAdd { q, .. } = &n.op {
+            let Some(len) = afp_kernels::quads_f32_len(&g.values[n.output].shape) else {
+                continue;
+            };
             if q.writes_quads() {
-                if let Some(len) = afp_kernels::quads_f32_len(&g.values[n.output].shape) {
-                    lens[n.output] = len.min(lens[n.output]);
-                }
+                lens[n.output] = len.min(lens[n.output]);
+            } else if q.writes_codes_too() {
+                codes_at[n.output] = Some(lens[n.output]);
+                lens[n.output] += len;
             }
         }
     }
-    lens
+    (lens, codes_at)
 }
 
 /// Assigns buffers: a value's slot is free again after its last reader.
@@ -98,7 +107,7 @@ impl Session {
             .num_threads(threads.max(1))
             .build()
             .map_err(|e| EngineError::Graph(format!("cannot start {threads} threads: {e}")))?;
-        let lens = buffer_lens(&graph);
+        let (lens, codes_at) = buffer_lens(&graph);
         let (_, slot_of, sizes) = plan(&graph, &lens);
         let slots = sizes.iter().map(|&s| vec![0f32; s]).collect();
         Ok(Session {
@@ -107,6 +116,7 @@ impl Session {
             slots,
             slot_of,
             lens,
+            codes_at,
             scratch: Vec::new(),
             qscratch: afp_kernels::QScratch::default(),
         })
@@ -183,7 +193,8 @@ impl Session {
                 self.run_node(k)?;
                 let n = &self.graph.nodes[k];
                 let s = self.slot_of[n.output].expect("outputs have slots");
-                observe(k, n, &self.slots[s][..self.lens[n.output]]);
+                let len = self.codes_at[n.output].unwrap_or(self.lens[n.output]);
+                observe(k, n, &self.slots[s][..len]);
             }
             Ok(())
         });
@@ -206,8 +217,21 @@ impl Session {
                 .as_f32()
                 .expect("runtime ops read f32 constants (checked at build)"),
             None => {
-                &self.slots[self.slot_of[v].expect("runtime values have slots")][..self.lens[v]]
+                // A value also stored as codes: its f32 elements.
+                let len = self.codes_at[v].unwrap_or(self.lens[v]);
+                &self.slots[self.slot_of[v].expect("runtime values have slots")][..len]
             }
+        }
+    }
+
+    /// The input of a layer `q` reading `v`: the codes after `v`'s values when `q` reads
+    /// codes and `v` holds them after its values, else `v`'s data.
+    fn layer_input(&self, q: &afp_kernels::QConv, v: ValueId) -> &[f32] {
+        match (q.reads_quads(), self.codes_at[v]) {
+            (true, Some(at)) => {
+                &self.slots[self.slot_of[v].expect("runtime values have slots")][at..self.lens[v]]
+            }
+            _ => self.data(v),
         }
     }
 
@@ -431,12 +455,12 @@ impl Session {
                 ops::softmax(self.data(x), xs, *axis, *coerce_2d, out)
             }
             Op::Slice { starts, steps } => ops::slice(self.data(x), xs, starts, steps, osh, out),
-            Op::QConv(q) => q.run(xs[0], xs[2], xs[3], self.data(x), out, qscratch),
+            Op::QConv(q) => q.run(xs[0], xs[2], xs[3], self.layer_input(q, x), out, qscratch),
             Op::QConvAdd { q, act } => q.run_add(
                 xs[0],
                 xs[2],
                 xs[3],
-                self.data(x),
+                self.layer_input(q, x),
                 Some(self.data(node.inputs[1])),
                 *act,
                 out,

@@ -264,6 +264,55 @@ pub fn fuse_quad_handover(g: &mut Graph) {
     }
 }
 
+/// Inference only, after [`fuse_quad_handover`]: an integer convolution whose f32 output has
+/// other readers too (a residual Add, a graph output) and is the input of integer
+/// convolutions taking the same u8 codes (ResNet's block outputs: the next block's first
+/// convolution and, in the first block of a stage, its shortcut), stores that output as f32
+/// and also, after it in the same buffer, as those readers' channel quads; the readers take
+/// the codes. Their encoding moves into the producer's epilogue, as with a sole reader. The
+/// same bits reach every reader (the executor hands f32 readers the values, code readers
+/// the codes: `exec::buffer_lens`).
+pub fn fuse_codes_too(g: &mut Graph) {
+    for p in 0..g.nodes.len() {
+        let v = g.nodes[p].output;
+        let writes_f32 = with_qconv(&g.nodes[p].op, |q| {
+            match q.writes_quads() || q.writes_codes_too() {
+                true => Err(String::new()),
+                false => Ok(q.clone()),
+            }
+        });
+        if writes_f32.is_none() || !afp_kernels::quads_fit(&g.values[v].shape) {
+            continue;
+        }
+        // Readers taking `v` as their input (and nowhere else), with the first one's codes.
+        let mut codes = None;
+        let mut readers = Vec::new();
+        for (c, n) in g.nodes.iter().enumerate() {
+            if n.inputs.first() != Some(&v) || n.inputs[1..].contains(&v) {
+                continue;
+            }
+            let (Op::QConv(r) | Op::QConvAdd { q: r, .. }) = &n.op else {
+                continue;
+            };
+            let Some(ek) = r.quads_input() else { continue };
+            if codes.is_none_or(|(e, z)| (e, z) == ek) && r.reading_quads().is_ok() {
+                codes = Some(ek);
+                readers.push(c);
+            }
+        }
+        let Some((enc, zero)) = codes else { continue };
+        let Some(writer) = with_qconv(&g.nodes[p].op, |q| q.writing_codes_too(enc, zero)) else {
+            continue;
+        };
+        g.nodes[p].op = writer;
+        for c in readers {
+            if let Some(r) = with_qconv(&g.nodes[c].op, afp_kernels::QConv::reading_quads) {
+                g.nodes[c].op = r;
+            }
+        }
+    }
+}
+
 /// `op` (a QConv or QConv+Add) with its convolution replaced by `f` of it; `None` for other
 /// ops or when `f` fails.
 fn with_qconv(

@@ -196,6 +196,9 @@ pub struct QConv {
     quads_in: bool,
     /// The output is stored as the next layer's u8 channel quads: its encoder and zero shift.
     quads_out: Option<(ActEncoder, u8)>,
+    /// The output is stored as f32 and, after it in the same buffer, as one reader's u8
+    /// channel quads: that reader's encoder and zero shift (see [`QConv::writing_codes_too`]).
+    codes_too: Option<(ActEncoder, u8)>,
 }
 
 /// Whether a tensor of shape `[n, c, h, w]`, as f32, has room for its u8 channel quads and
@@ -452,6 +455,7 @@ impl QConv {
             act,
             quads_in: false,
             quads_out: None,
+            codes_too: None,
         })
     }
 
@@ -490,13 +494,18 @@ impl QConv {
     /// which must have room for them ([`quads_fit`]): the encoding fused into the epilogue.
     /// The output tensor then holds codes, readable only by that layer.
     pub fn writing_quads(&self, enc: ActEncoder, zero: u8) -> Result<QConv, String> {
-        if !matches!(&*self.weights, QWeights::Gemm { .. }) || self.conv.group != 1 {
+        if !self.one_group_product() || self.codes_too.is_some() {
             return Err("only one-group integer products write quads".into());
         }
         Ok(QConv {
             quads_out: Some((enc, zero)),
             ..self.clone()
         })
+    }
+
+    /// An integer product (not depthwise) with one group: its outputs can be stored as codes.
+    fn one_group_product(&self) -> bool {
+        matches!(&*self.weights, QWeights::Gemm { .. }) && self.conv.group == 1
     }
 
     /// The input `[n, c_in, h, w]` (f32) encoded as this layer's channel quads, in a buffer
@@ -534,9 +543,34 @@ impl QConv {
         Ok(buf)
     }
 
+    /// Whether this layer reads its input as codes ([`QConv::reading_quads`]).
+    pub fn reads_quads(&self) -> bool {
+        self.quads_in
+    }
+
     /// Whether the output tensor holds the next layer's codes ([`QConv::writing_quads`]).
     pub fn writes_quads(&self) -> bool {
         self.quads_out.is_some()
+    }
+
+    /// This layer storing its output as f32, for readers that need f32 (a residual Add), and
+    /// also, right after the `n * c_out * oh * ow` values in the same buffer, as the u8
+    /// channel quads of one reader that takes codes (`enc`, `zero`: its
+    /// [`QConv::quads_input`]; [`quads_f32_len`] more elements, which the buffer must have):
+    /// that reader's encoding fused into this epilogue when the output has other readers.
+    pub fn writing_codes_too(&self, enc: ActEncoder, zero: u8) -> Result<QConv, String> {
+        if !self.one_group_product() || self.quads_out.is_some() {
+            return Err("only one-group integer products with f32 outputs write codes too".into());
+        }
+        Ok(QConv {
+            codes_too: Some((enc, zero)),
+            ..self.clone()
+        })
+    }
+
+    /// Whether the output buffer also holds a reader's codes ([`QConv::writing_codes_too`]).
+    pub fn writes_codes_too(&self) -> bool {
+        self.codes_too.is_some()
     }
 
     /// Fuses a following per-channel `x * scale + shift` (an unfolded BatchNormalization) and
@@ -628,12 +662,16 @@ impl QConv {
                 "qconv: input length"
             ),
         }
-        match self.quads_out {
-            Some(_) => assert!(
+        match (self.quads_out, self.codes_too) {
+            (Some(_), _) => assert!(
                 quads_f32_len(&out_shape).is_some_and(|l| out.len() >= l),
                 "qconv: output quads length"
             ),
-            None => assert_eq!(out.len(), out_len, "qconv: output length"),
+            (None, Some(_)) => assert!(
+                quads_f32_len(&out_shape).is_some_and(|l| out.len() >= out_len + l),
+                "qconv: output and codes length"
+            ),
+            (None, None) => assert_eq!(out.len(), out_len, "qconv: output length"),
         }
         if let Some(r) = residual {
             assert_eq!(r.len(), out_len, "qconv: residual length");
@@ -829,34 +867,51 @@ impl QConv {
         let outs: Vec<OutPtr> = match self.quads_out {
             // One group (checked in `writing_quads`): one quad plane set per image.
             Some((enc, zero)) => {
-                let per_image = c.c_out.div_ceil(4) * 4 * ohw;
-                let bytes: &mut [u8] = bytemuck::cast_slice_mut(out);
-                assert!(
-                    n * per_image <= bytes.len(),
-                    "qconv: no room for output quads"
-                );
                 let store = QuadStore {
                     enc,
                     zero,
                     pixels: ohw,
                 };
-                bytes
-                    .chunks_mut(per_image)
-                    .take(n)
+                code_planes(out, n, c.c_out.div_ceil(4) * 4 * ohw)
+                    .into_iter()
                     .map(|o| OutPtr::quads(o, store, outl.rs, outl.cs))
                     .collect()
             }
-            None => out
-                .chunks_mut(outl.img)
-                .flat_map(|o| {
-                    (0..g)
-                        .map(|gi| {
-                            let start = gi * cog * outl.rs;
-                            OutPtr::new(&mut o[start..], outl.rs, outl.cs)
-                        })
-                        .collect::<Vec<_>>()
-                })
-                .collect(),
+            None => {
+                // With codes too, they follow the n images' values (one group, checked in
+                // `writing_codes_too`), one quad plane set per image.
+                let (vals, codes) = out.split_at_mut(n * outl.img);
+                let codes: Vec<Option<(&mut [u8], QuadStore)>> = match self.codes_too {
+                    Some((enc, zero)) => {
+                        let store = QuadStore {
+                            enc,
+                            zero,
+                            pixels: ohw,
+                        };
+                        code_planes(codes, n, c.c_out.div_ceil(4) * 4 * ohw)
+                            .into_iter()
+                            .map(|b| Some((b, store)))
+                            .collect()
+                    }
+                    None => (0..n).map(|_| None).collect(),
+                };
+                vals.chunks_mut(outl.img)
+                    .zip(codes)
+                    .flat_map(|(o, codes)| {
+                        let mut codes = codes;
+                        (0..g)
+                            .map(|gi| {
+                                let start = gi * cog * outl.rs;
+                                let p = OutPtr::new(&mut o[start..], outl.rs, outl.cs);
+                                match codes.take() {
+                                    Some((b, store)) => p.with_codes(b, store),
+                                    None => p,
+                                }
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                    .collect()
+            }
         };
         // The epilogue of image and group `ig`: its group's rows of the scales, biases and
         // shifts, and its part of the residual (from the base of its `OutPtr`).
@@ -1187,6 +1242,17 @@ fn block_count(npanels: usize, most: usize, images: usize, threads: usize) -> us
         }
     }
     b
+}
+
+/// The bytes of `buf` as `n` images' quad plane sets of `per_image` bytes each (an
+/// output stored as codes); asserts the room.
+fn code_planes(buf: &mut [f32], n: usize, per_image: usize) -> Vec<&mut [u8]> {
+    let bytes: &mut [u8] = bytemuck::cast_slice_mut(buf);
+    assert!(
+        n * per_image <= bytes.len(),
+        "qconv: no room for output codes"
+    );
+    bytes.chunks_mut(per_image.max(1)).take(n).collect()
 }
 
 /// Encodes a layer input into channel quads `[image][group][quad][pixel][4]`, every element
@@ -1876,11 +1942,44 @@ mod tests {
                         &mut QScratch::default(),
                     );
                     assert_eq!(again, want, "{cc:?} from encode_input_quads");
+                    // Codes too: the same f32 output, and after it the consumer's codes,
+                    // byte for byte its own encoding (a buffer full of junk first).
+                    let both = prod.writing_codes_too(enc, zero).unwrap();
+                    let extra = quads_f32_len(&[*n, pc.c_out, oh, ow]).unwrap();
+                    let mut buf = vec![f32::from_bits(0x7FC0_A5A5); mid_len + extra];
+                    let act = Activation::Relu;
+                    let mut scratch = QScratch::default();
+                    both.run_add(*n, *h, *w, &x, res, act, &mut buf, &mut scratch);
+                    let (vals, codes) = buf.split_at(mid_len);
+                    let same = vals
+                        .iter()
+                        .zip(&mid)
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{pc:?} codes too: values");
+                    let codes: &[u8] = bytemuck::cast_slice(codes);
+                    assert_eq!(&codes[..own.len()], &own[..], "{pc:?} codes too: codes");
+                    let mut from_codes = vec![f32::NAN; want.len()];
+                    let reader = cons.reading_quads().unwrap();
+                    reader.run(
+                        *n,
+                        ch,
+                        cw,
+                        codes_as_f32(codes),
+                        &mut from_codes,
+                        &mut scratch,
+                    );
+                    assert_eq!(from_codes, want, "{cc:?} reading codes written too");
                 }
             }
         }
         crate::qgemm::FORCE_PORTABLE.store(false, std::sync::atomic::Ordering::SeqCst);
         crate::qgemm::FORCE_NO_VNNI.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Code bytes as the f32 buffer a reader of quads takes (the bytes of a tail of an f32
+    /// buffer, so aligned for f32).
+    fn codes_as_f32(codes: &[u8]) -> &[f32] {
+        bytemuck::cast_slice(codes)
     }
 
     #[test]

@@ -839,18 +839,18 @@ unsafe fn tile_i16_vnni(
 fn check_whole_tile(r0: usize, j0: usize, ep: &Epilogue<'_>, out: OutPtr) {
     assert!(out.cs == 1, "qgemm: vector store needs unit column stride");
     let last = (r0 + MR - 1) * out.rs + j0 + NR - 1;
-    match out.quads {
-        Some(q) => {
-            assert!(
-                q.enc.is_uniform(),
-                "qgemm: the register encoder needs a uniform grid"
-            );
-            assert!(
-                q.at(r0 + MR - 1, j0 + NR - 1) < out.len,
-                "qgemm: output tile out of bounds"
-            );
-        }
-        None => assert!(last < out.len, "qgemm: output tile out of bounds"),
+    if let Some((_, len)) = out.vals {
+        assert!(last < len, "qgemm: output tile out of bounds");
+    }
+    if let Some((q, _, len)) = out.codes {
+        assert!(
+            q.enc.is_uniform(),
+            "qgemm: the register encoder needs a uniform grid"
+        );
+        assert!(
+            q.at(r0 + MR - 1, j0 + NR - 1) < len,
+            "qgemm: output tile out of bounds"
+        );
     }
     if let Some(res) = ep.residual {
         assert!(last < res.len(), "qgemm: residual tile out of bounds");
@@ -922,23 +922,23 @@ unsafe fn tile_store_u8i8_avx2(
                 // max(v, lo) returns lo for NaN, as f32::max does in `store_tile`.
                 v = _mm256_min_ps(_mm256_max_ps(v, lo), hi);
             }
-            match out.quads {
-                Some(q) => {
-                    let codes = q.enc.encode_uniform_avx2(v, q.zero);
-                    let shifted = _mm256_sllv_epi32(codes, _mm256_set1_epi32(8 * (r % 4) as i32));
-                    words[h] = _mm256_or_si256(words[h], shifted);
-                    if r % 4 == 3 {
-                        let at = q.at(r - 3, j0 + 8 * h);
-                        // SAFETY: the 8 words of pixels j0 + 8h.. of this quad end at or
-                        // before the tile's last byte < out.len (asserted above); this
-                        // tile's elements belong to this call (function contract).
-                        unsafe { _mm256_storeu_si256(out.ptr.add(at) as *mut __m256i, words[h]) };
-                        words[h] = _mm256_setzero_si256();
-                    }
+            if let Some((p, _)) = out.vals {
+                // SAFETY: base + 8h + 7 <= last < the values' length (asserted above); this
+                // tile's elements belong to this call (function contract).
+                unsafe { _mm256_storeu_ps(p.add(base + 8 * h), v) };
+            }
+            if let Some((q, p, _)) = out.codes {
+                let codes = q.enc.encode_uniform_avx2(v, q.zero);
+                let shifted = _mm256_sllv_epi32(codes, _mm256_set1_epi32(8 * (r % 4) as i32));
+                words[h] = _mm256_or_si256(words[h], shifted);
+                if r % 4 == 3 {
+                    let at = q.at(r - 3, j0 + 8 * h);
+                    // SAFETY: the 8 words of pixels j0 + 8h.. of this quad end at or before
+                    // the tile's last byte < the codes' length (asserted above); this tile's
+                    // elements belong to this call (function contract).
+                    unsafe { _mm256_storeu_si256(p.add(at) as *mut __m256i, words[h]) };
+                    words[h] = _mm256_setzero_si256();
                 }
-                // SAFETY: base + 8h + 7 <= last < out.len (asserted above); this tile's
-                // elements belong to this call (function contract).
-                None => unsafe { _mm256_storeu_ps(out.f32_ptr().add(base + 8 * h), v) },
             }
         }
     }
@@ -1064,23 +1064,23 @@ unsafe fn store_rows_avx512(
             // max(v, lo) returns lo for NaN, as f32::max does in `store_tile`.
             v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
         }
-        match out.quads {
-            Some(q) => {
-                let codes = q.enc.encode_uniform_avx512(v, q.zero);
-                let shifted = _mm512_sllv_epi32(codes, _mm512_set1_epi32(8 * (r % 4) as i32));
-                words = _mm512_or_si512(words, shifted);
-                if r % 4 == 3 {
-                    let at = q.at(r - 3, j0);
-                    // SAFETY: the 16 words of pixels j0.. of this quad end at or before the
-                    // tile's last byte < out.len (checked by the caller); this tile's elements
-                    // belong to this call (function contract).
-                    unsafe { _mm512_storeu_si512(out.ptr.add(at) as *mut __m512i, words) };
-                    words = _mm512_setzero_si512();
-                }
+        if let Some((p, _)) = out.vals {
+            // SAFETY: base + 15 <= the tile's last element < the values' length (checked by
+            // the caller); this tile's elements belong to this call (function contract).
+            unsafe { _mm512_storeu_ps(p.add(base), v) };
+        }
+        if let Some((q, p, _)) = out.codes {
+            let codes = q.enc.encode_uniform_avx512(v, q.zero);
+            let shifted = _mm512_sllv_epi32(codes, _mm512_set1_epi32(8 * (r % 4) as i32));
+            words = _mm512_or_si512(words, shifted);
+            if r % 4 == 3 {
+                let at = q.at(r - 3, j0);
+                // SAFETY: the 16 words of pixels j0.. of this quad end at or before the tile's
+                // last byte < the codes' length (checked by the caller); this tile's elements
+                // belong to this call (function contract).
+                unsafe { _mm512_storeu_si512(p.add(at) as *mut __m512i, words) };
+                words = _mm512_setzero_si512();
             }
-            // SAFETY: base + 15 <= the tile's last element < out.len (checked by the caller);
-            // this tile's elements belong to this call (function contract).
-            None => unsafe { _mm512_storeu_ps(out.f32_ptr().add(base), v) },
         }
     }
 }
@@ -1105,7 +1105,7 @@ unsafe fn tile_store_fast(
     #[cfg(target_arch = "x86_64")]
     if let (PackedWeights::U8I8(a, kern), ActPanels::U8(b)) = (w, b) {
         let lohi = ep.act.clamp_bounds();
-        let uniform = out.quads.is_none_or(|q| q.enc.is_uniform());
+        let uniform = out.codes.is_none_or(|(q, ..)| q.enc.is_uniform());
         if let (Some(lohi), false, true) = (lohi, *kern == U8I8Kernel::Portable, uniform) {
             let kq = w.quads();
             assert!(b.check(off, kq), "qgemm: activation panel out of bounds");
@@ -1125,7 +1125,7 @@ unsafe fn tile_store_fast(
     }
     #[cfg(target_arch = "x86_64")]
     if let (PackedWeights::I16(a, I16Kernel::Vnni { chunk_quads }), ActPanels::I16(b)) = (w, b) {
-        let uniform = out.quads.is_none_or(|q| q.enc.is_uniform());
+        let uniform = out.codes.is_none_or(|(q, ..)| q.enc.is_uniform());
         if let (Some(lohi), true) = (ep.act.clamp_bounds(), uniform) {
             let kq = w.quads();
             assert!(b.check(off, kq), "qgemm: activation panel out of bounds");
@@ -1163,7 +1163,7 @@ unsafe fn strip_store_fast(
 ) -> bool {
     #[cfg(target_arch = "x86_64")]
     if let (PackedWeights::U8I8(a, U8I8Kernel::Vnni), ActPanels::U8(b)) = (w, b) {
-        let uniform = out.quads.is_none_or(|q| q.enc.is_uniform());
+        let uniform = out.codes.is_none_or(|(q, ..)| q.enc.is_uniform());
         if let (Some(lohi), true, true) = (ep.act.clamp_bounds(), uniform, pairs > 0) {
             let kq = w.quads();
             let last = off0 + (2 * pairs - 1) * stride;
@@ -1601,19 +1601,19 @@ pub struct Epilogue<'a> {
     pub residual: Option<&'a [f32]>,
 }
 
-/// Output of a product: element `(r, j)` at `ptr[r * rs + j * cs]`, or with `quads`, encoded
-/// into the next layer's input codes at byte `((r / 4) * pixels + j) * 4 + r % 4` (a residual
-/// is still read at `r * rs + j * cs`). Shared by the threads of one product, each writing
-/// its own disjoint set of `(r, j)`.
+/// Output of a product, to one or both of: f32 values, element `(r, j)` at
+/// `vals[r * rs + j * cs]`; the next layer's input codes, element `(r, j)` encoded at byte
+/// `((r / 4) * pixels + j) * 4 + r % 4` of `codes` (a residual is read at `r * rs + j * cs`
+/// either way). Shared by the threads of one product, each writing its own disjoint set of
+/// `(r, j)`.
 #[derive(Clone, Copy)]
 pub struct OutPtr {
-    /// `*mut f32` as bytes (aligned for f32), or the quads' bytes.
-    ptr: *mut u8,
-    /// In f32 elements, or in bytes with `quads`.
-    len: usize,
+    /// f32 outputs and their length.
+    vals: Option<(*mut f32, usize)>,
+    /// Codes: how they are stored, their bytes and length.
+    codes: Option<(QuadStore, *mut u8, usize)>,
     rs: usize,
     cs: usize,
-    quads: Option<QuadStore>,
 }
 
 /// How a product's outputs are stored as the next layer's u8 input codes: that layer's
@@ -1647,11 +1647,10 @@ impl OutPtr {
     /// `out` must hold every `(r, j)` the product writes (checked per tile).
     pub fn new(out: &mut [f32], rs: usize, cs: usize) -> OutPtr {
         OutPtr {
-            ptr: out.as_mut_ptr().cast(),
-            len: out.len(),
+            vals: Some((out.as_mut_ptr(), out.len())),
+            codes: None,
             rs,
             cs,
-            quads: None,
         }
     }
 
@@ -1660,16 +1659,20 @@ impl OutPtr {
     /// zero code. `out` must hold every quad the product writes (checked per tile).
     pub fn quads(out: &mut [u8], store: QuadStore, rs: usize, cs: usize) -> OutPtr {
         OutPtr {
-            ptr: out.as_mut_ptr(),
-            len: out.len(),
+            vals: None,
+            codes: Some((store, out.as_mut_ptr(), out.len())),
             rs,
             cs,
-            quads: Some(store),
         }
     }
 
-    fn f32_ptr(&self) -> *mut f32 {
-        self.ptr.cast()
+    /// These f32 outputs and, as well, their codes in `codes` (as [`OutPtr::quads`] stores
+    /// them): a layer whose output has f32 readers and one that takes its codes.
+    pub fn with_codes(self, codes: &mut [u8], store: QuadStore) -> OutPtr {
+        OutPtr {
+            codes: Some((store, codes.as_mut_ptr(), codes.len())),
+            ..self
+        }
     }
 }
 
@@ -1687,13 +1690,15 @@ unsafe fn store_tile(
     out: OutPtr,
 ) {
     let last = (r0 + rows - 1) * out.rs + (j0 + cols - 1) * out.cs;
-    match out.quads {
+    if let Some((_, len)) = out.vals {
+        assert!(last < len, "qgemm: output tile out of bounds");
+    }
+    if let Some((q, _, len)) = out.codes {
         // Whole quads: the rows past the output channels get the zero code.
-        Some(q) => assert!(
-            q.at(r0 + rows - 1, j0 + cols - 1) | 3 < out.len,
+        assert!(
+            q.at(r0 + rows - 1, j0 + cols - 1) | 3 < len,
             "qgemm: output tile out of bounds"
-        ),
-        None => assert!(last < out.len, "qgemm: output tile out of bounds"),
+        );
     }
     let mut full = [0f32; NR];
     // Only the tile's columns (the matrix-vector kernel stores one).
@@ -1737,28 +1742,33 @@ unsafe fn store_tile(
             Activation::Clip { min, max } => v.iter_mut().for_each(|x| *x = x.max(min).min(max)),
             act => act.apply_slice(v),
         }
-        if let Some(q) = out.quads {
+        if let Some((q, p, _)) = out.codes {
             for (c, &x) in v.iter().enumerate() {
                 // SAFETY: q.at(r, j0 + c) <= the last byte of the tile's quads < len
                 // (asserted); exclusive per the contract.
-                unsafe { *out.ptr.add(q.at(r, j0 + c)) = q.code(x) };
-            }
-        } else if out.cs == 1 {
-            // SAFETY: base + cols - 1 <= last < len (asserted); exclusive per the contract.
-            unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), out.f32_ptr().add(base), cols) };
-        } else {
-            for (c, &x) in v.iter().enumerate() {
-                // SAFETY: base + c * cs <= last < len; exclusive per the contract.
-                unsafe { *out.f32_ptr().add(base + c * out.cs) = x };
+                unsafe { *p.add(q.at(r, j0 + c)) = q.code(x) };
             }
         }
+        match out.vals {
+            // SAFETY: base + cols - 1 <= last < len (asserted); exclusive per the contract.
+            Some((p, _)) if out.cs == 1 => unsafe {
+                std::ptr::copy_nonoverlapping(v.as_ptr(), p.add(base), cols)
+            },
+            Some((p, _)) => {
+                for (c, &x) in v.iter().enumerate() {
+                    // SAFETY: base + c * cs <= last < len; exclusive per the contract.
+                    unsafe { *p.add(base + c * out.cs) = x };
+                }
+            }
+            None => {}
+        }
     }
-    if let Some(q) = out.quads {
+    if let Some((q, p, _)) = out.codes {
         // The channels of the last quad past the output's (tiles start at whole quads).
         for r in r0 + rows..(r0 + rows).next_multiple_of(4) {
             for j in j0..j0 + cols {
                 // SAFETY: within the tile's whole quads (asserted); exclusive per the contract.
-                unsafe { *out.ptr.add(q.at(r, j)) = q.zero };
+                unsafe { *p.add(q.at(r, j)) = q.zero };
             }
         }
     }
@@ -1776,16 +1786,18 @@ unsafe fn store_column(sums: &[i32], r0: usize, col: usize, ep: &Epilogue<'_>, o
         (1..=GROUP_ROWS).contains(&rows),
         "qgemm: column of {rows} rows"
     );
-    match out.quads {
+    if let Some((_, len)) = out.vals {
+        assert!(
+            (r0 + rows - 1) * out.rs + col * out.cs < len,
+            "qgemm: output column out of bounds"
+        );
+    }
+    if let Some((q, _, len)) = out.codes {
         // Whole quads: the rows past the output channels get the zero code.
-        Some(q) => assert!(
-            q.at(r0 + rows - 1, col) | 3 < out.len,
+        assert!(
+            q.at(r0 + rows - 1, col) | 3 < len,
             "qgemm: output column out of bounds"
-        ),
-        None => assert!(
-            (r0 + rows - 1) * out.rs + col * out.cs < out.len,
-            "qgemm: output column out of bounds"
-        ),
+        );
     }
     let mut full = [0f32; GROUP_ROWS];
     let v = &mut full[..rows];
@@ -1804,19 +1816,21 @@ unsafe fn store_column(sums: &[i32], r0: usize, col: usize, ep: &Epilogue<'_>, o
     ep.act.apply_slice(v);
     for (i, &x) in v.iter().enumerate() {
         let r = r0 + i;
-        match out.quads {
+        if let Some((q, p, _)) = out.codes {
             // SAFETY: q.at(r, col) <= the column's last quad byte < len (asserted);
             // exclusive per the contract.
-            Some(q) => unsafe { *out.ptr.add(q.at(r, col)) = q.code(x) },
+            unsafe { *p.add(q.at(r, col)) = q.code(x) };
+        }
+        if let Some((p, _)) = out.vals {
             // SAFETY: r * rs + col * cs <= the last element < len (asserted); exclusive.
-            None => unsafe { *out.f32_ptr().add(r * out.rs + col * out.cs) = x },
+            unsafe { *p.add(r * out.rs + col * out.cs) = x };
         }
     }
-    if let Some(q) = out.quads {
+    if let Some((q, p, _)) = out.codes {
         // The channels of the last quad past the output's.
         for r in r0 + rows..(r0 + rows).next_multiple_of(4) {
             // SAFETY: within the column's whole quads (asserted); exclusive per the contract.
-            unsafe { *out.ptr.add(q.at(r, col)) = q.zero };
+            unsafe { *p.add(q.at(r, col)) = q.zero };
         }
     }
 }

@@ -171,7 +171,7 @@ pub fn run(a: &Args) -> Result<()> {
     let mut engine = "fp32";
     let mut kernels: std::collections::BTreeMap<&'static str, usize> = Default::default();
     let mut packed_bytes = None;
-    let mut handovers = 0;
+    let (mut handovers, mut codes_too) = (0, 0);
     // The peer runs the FP32 ONNX model: for a .afp file, the one it was quantized from.
     let mut peer_model = a.model.clone();
     for &threads in &a.threads {
@@ -183,7 +183,7 @@ pub fn run(a: &Args) -> Result<()> {
         for &batch in &a.batch {
             let (threads, batch) = (threads as usize, batch as usize);
             let s = clf.session(batch)?;
-            handovers = code_handovers(s.graph());
+            (handovers, codes_too) = code_handovers(s.graph());
             let n: usize = s.graph().values[s.graph().inputs[0]].numel();
             let x = input(n);
             let mut t = measure(s, &x, batch, a.warmup, a.seconds)?;
@@ -277,7 +277,8 @@ pub fn run(a: &Args) -> Result<()> {
             json!({
                 "model": a.model.display().to_string(), "engine": engine,
                 "kernels": kernels, "packed_weight_bytes": packed_bytes,
-                "peak_rss_bytes": peak, "code_handovers": handovers, "results": rows,
+                "peak_rss_bytes": peak, "code_handovers": handovers, "codes_too": codes_too,
+                "results": rows,
             })
         );
     } else {
@@ -289,9 +290,14 @@ pub fn run(a: &Args) -> Result<()> {
             } else {
                 format!(" (layers: {})", ks.join(", "))
             },
-            match handovers {
-                0 => String::new(),
-                h => format!("; {h} layers store their output as the next layer's input codes"),
+            match (handovers, codes_too) {
+                (0, 0) => String::new(),
+                (h, 0) =>
+                    format!("; {h} layers store their output as the next layer's input codes"),
+                (h, t) => format!(
+                    "; {h} layers store their output as the next layer's input codes, {t} as \
+                     f32 and as their readers' codes"
+                ),
             },
             peak.map_or(String::new(), |p| format!(
                 "; peak memory (RSS) {:.1} MB",
@@ -303,13 +309,18 @@ pub fn run(a: &Args) -> Result<()> {
 }
 
 /// Integer layers that store their output as the next layer's u8 input codes
-/// (`afp_engine::passes::fuse_quad_handover`).
-fn code_handovers(g: &afp_engine::Graph) -> usize {
+/// (`afp_engine::passes::fuse_quad_handover`), and those that store it as f32 and as their
+/// code readers' codes (`fuse_codes_too`).
+fn code_handovers(g: &afp_engine::Graph) -> (usize, usize) {
     use afp_engine::Op;
-    g.nodes
-        .iter()
-        .filter(|n| matches!(&n.op, Op::QConv(q) | Op::QConvAdd { q, .. } if q.writes_quads()))
-        .count()
+    let (mut quads, mut too) = (0, 0);
+    for n in &g.nodes {
+        if let Op::QConv(q) | Op::QConvAdd { q, .. } = &n.op {
+            quads += q.writes_quads() as usize;
+            too += q.writes_codes_too() as usize;
+        }
+    }
+    (quads, too)
 }
 
 /// One node's times over the profile runs.

@@ -129,6 +129,7 @@ impl Classifier {
             // of each integer layer's input into its producer's epilogue.
             afp_engine::passes::fuse_residual_add(&mut g);
             afp_engine::passes::fuse_quad_handover(&mut g);
+            afp_engine::passes::fuse_codes_too(&mut g);
             afp_engine::exec::check_runtime_types(&g)?;
             let s = Session::new(g, self.threads)?;
             self.sessions.insert(batch, s);
