@@ -192,9 +192,7 @@ impl Session {
             for k in 0..self.graph.nodes.len() {
                 self.run_node(k)?;
                 let n = &self.graph.nodes[k];
-                let s = self.slot_of[n.output].expect("outputs have slots");
-                let len = self.codes_at[n.output].unwrap_or(self.lens[n.output]);
-                observe(k, n, &self.slots[s][..len]);
+                observe(k, n, self.data(n.output));
             }
             Ok(())
         });
@@ -216,21 +214,21 @@ impl Session {
             Some(c) => c
                 .as_f32()
                 .expect("runtime ops read f32 constants (checked at build)"),
-            None => {
-                // A value also stored as codes: its f32 elements.
-                let len = self.codes_at[v].unwrap_or(self.lens[v]);
-                &self.slots[self.slot_of[v].expect("runtime values have slots")][..len]
-            }
+            // A value also stored as codes: its f32 elements.
+            None => &self.buffer(v)[..self.codes_at[v].unwrap_or(self.lens[v])],
         }
+    }
+
+    /// The buffer of the runtime value `v`, as long as `buffer_lens` made it.
+    fn buffer(&self, v: ValueId) -> &[f32] {
+        &self.slots[self.slot_of[v].expect("runtime values have slots")][..self.lens[v]]
     }
 
     /// The input of a layer `q` reading `v`: the codes after `v`'s values when `q` reads
     /// codes and `v` holds them after its values, else `v`'s data.
     fn layer_input(&self, q: &afp_kernels::QConv, v: ValueId) -> &[f32] {
         match (q.reads_quads(), self.codes_at[v]) {
-            (true, Some(at)) => {
-                &self.slots[self.slot_of[v].expect("runtime values have slots")][at..self.lens[v]]
-            }
+            (true, Some(at)) => &self.buffer(v)[at..],
             _ => self.data(v),
         }
     }

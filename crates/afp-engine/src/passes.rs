@@ -275,13 +275,10 @@ pub fn fuse_quad_handover(g: &mut Graph) {
 pub fn fuse_codes_too(g: &mut Graph) {
     for p in 0..g.nodes.len() {
         let v = g.nodes[p].output;
-        let writes_f32 = with_qconv(&g.nodes[p].op, |q| {
-            match q.writes_quads() || q.writes_codes_too() {
-                true => Err(String::new()),
-                false => Ok(q.clone()),
-            }
-        });
-        if writes_f32.is_none() || !afp_kernels::quads_fit(&g.values[v].shape) {
+        let (Op::QConv(q) | Op::QConvAdd { q, .. }) = &g.nodes[p].op else {
+            continue;
+        };
+        if q.writes_quads() || q.writes_codes_too() || !afp_kernels::quads_fit(&g.values[v].shape) {
             continue;
         }
         // Readers taking `v` as their input (and nowhere else), with the first one's codes.
@@ -295,7 +292,7 @@ pub fn fuse_codes_too(g: &mut Graph) {
                 continue;
             };
             let Some(ek) = r.quads_input() else { continue };
-            if codes.is_none_or(|(e, z)| (e, z) == ek) && r.reading_quads().is_ok() {
+            if codes.is_none_or(|c| c == ek) {
                 codes = Some(ek);
                 readers.push(c);
             }

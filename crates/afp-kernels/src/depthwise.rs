@@ -393,8 +393,9 @@ unsafe fn copy_rows_avx2(
 /// A whole output plane (`out.len() / ow` rows of `ow`) of a `K x K`, stride `S`
 /// depthwise conv from the padded plane `buf` (rows `pw` apart), 8 columns at a time:
 /// `bias + sum_taps w * buf[oy*S + ki][ox*S + kj]`, clamped to `(lo, hi)`. The weights
-/// are broadcast once per plane and a last partial vector is stored masked, which matters
-/// on small planes (7x7, 14x14), where a plane is a few vectors.
+/// are broadcast once per plane, and a row's partial last vector is stored whole (the next
+/// row overwrites its extra lanes) except on the plane's last row: this matters on small
+/// planes (7x7, 14x14), where a plane is a few vectors.
 ///
 /// # Safety
 /// AVX2 and FMA must be available. (All memory accesses are through pointers into `buf`,

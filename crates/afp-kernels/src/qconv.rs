@@ -864,47 +864,38 @@ impl QConv {
             .div_ceil(n * g * blocks.max(1))
             .clamp(1, row_panels);
         let rows_per = row_panels.div_ceil(chunks) * MR;
+        // Codes are stored one quad plane set per image (one group: checked in
+        // `writing_quads` and `writing_codes_too`).
+        let per_image = c.c_out.div_ceil(4) * 4 * ohw;
+        let store = |(enc, zero): (ActEncoder, u8)| QuadStore {
+            enc,
+            zero,
+            pixels: ohw,
+        };
         let outs: Vec<OutPtr> = match self.quads_out {
-            // One group (checked in `writing_quads`): one quad plane set per image.
-            Some((enc, zero)) => {
-                let store = QuadStore {
-                    enc,
-                    zero,
-                    pixels: ohw,
-                };
-                code_planes(out, n, c.c_out.div_ceil(4) * 4 * ohw)
-                    .into_iter()
-                    .map(|o| OutPtr::quads(o, store, outl.rs, outl.cs))
-                    .collect()
-            }
+            Some(ek) => code_planes(out, n, per_image)
+                .into_iter()
+                .map(|o| OutPtr::quads(o, store(ek), outl.rs, outl.cs))
+                .collect(),
             None => {
-                // With codes too, they follow the n images' values (one group, checked in
-                // `writing_codes_too`), one quad plane set per image.
+                // With codes too, they follow the n images' values.
                 let (vals, codes) = out.split_at_mut(n * outl.img);
                 let codes: Vec<Option<(&mut [u8], QuadStore)>> = match self.codes_too {
-                    Some((enc, zero)) => {
-                        let store = QuadStore {
-                            enc,
-                            zero,
-                            pixels: ohw,
-                        };
-                        code_planes(codes, n, c.c_out.div_ceil(4) * 4 * ohw)
-                            .into_iter()
-                            .map(|b| Some((b, store)))
-                            .collect()
-                    }
+                    Some(ek) => code_planes(codes, n, per_image)
+                        .into_iter()
+                        .map(|b| Some((b, store(ek))))
+                        .collect(),
                     None => (0..n).map(|_| None).collect(),
                 };
                 vals.chunks_mut(outl.img)
                     .zip(codes)
-                    .flat_map(|(o, codes)| {
-                        let mut codes = codes;
+                    .flat_map(|(o, mut codes)| {
                         (0..g)
                             .map(|gi| {
                                 let start = gi * cog * outl.rs;
                                 let p = OutPtr::new(&mut o[start..], outl.rs, outl.cs);
                                 match codes.take() {
-                                    Some((b, store)) => p.with_codes(b, store),
+                                    Some((b, st)) => p.with_codes(b, st),
                                     None => p,
                                 }
                             })
@@ -1956,30 +1947,21 @@ mod tests {
                         .zip(&mid)
                         .all(|(a, b)| a.to_bits() == b.to_bits());
                     assert!(same, "{pc:?} codes too: values");
-                    let codes: &[u8] = bytemuck::cast_slice(codes);
-                    assert_eq!(&codes[..own.len()], &own[..], "{pc:?} codes too: codes");
+                    let code_bytes: &[u8] = bytemuck::cast_slice(codes);
+                    assert_eq!(
+                        &code_bytes[..own.len()],
+                        &own[..],
+                        "{pc:?} codes too: codes"
+                    );
                     let mut from_codes = vec![f32::NAN; want.len()];
                     let reader = cons.reading_quads().unwrap();
-                    reader.run(
-                        *n,
-                        ch,
-                        cw,
-                        codes_as_f32(codes),
-                        &mut from_codes,
-                        &mut scratch,
-                    );
+                    reader.run(*n, ch, cw, codes, &mut from_codes, &mut scratch);
                     assert_eq!(from_codes, want, "{cc:?} reading codes written too");
                 }
             }
         }
         crate::qgemm::FORCE_PORTABLE.store(false, std::sync::atomic::Ordering::SeqCst);
         crate::qgemm::FORCE_NO_VNNI.store(false, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    /// Code bytes as the f32 buffer a reader of quads takes (the bytes of a tail of an f32
-    /// buffer, so aligned for f32).
-    fn codes_as_f32(codes: &[u8]) -> &[f32] {
-        bytemuck::cast_slice(codes)
     }
 
     #[test]

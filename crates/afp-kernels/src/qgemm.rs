@@ -700,10 +700,8 @@ unsafe fn strip_store_u8i8_vnni(
     lohi: (f32, f32),
     out: OutPtr,
 ) {
-    use std::arch::x86_64::*;
     // The last tile's bounds hold for the earlier ones: their elements lie below it.
     check_whole_tile(r0, j0 + (2 * pairs - 1) * NR, ep, out);
-    let corr: [i32; MR] = std::array::from_fn(|rr| ep.zero_corr.map_or(0, |z| z[r0 + rr]) as i32);
     for i in 0..pairs {
         let j = j0 + 2 * i * NR;
         for t in [RESIDUAL_PREFETCH_TILES, RESIDUAL_PREFETCH_TILES + 1] {
@@ -713,10 +711,7 @@ unsafe fn strip_store_u8i8_vnni(
         // SAFETY: forwarded contract; both panels lie at or below the checked last one.
         let acc = unsafe { acc_u8i8_vnni_pair(a, b, offs, kq) };
         for (half, acc) in acc.iter().enumerate() {
-            // |corr| <= 255 * 64 * K, within i32 (checked at build).
-            let x: [__m512; MR] = std::array::from_fn(|rr| {
-                _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[rr], _mm512_set1_epi32(corr[rr])))
-            });
+            let x = sums_less_corr_f32(acc, r0, ep);
             // SAFETY: AVX-512 F present; inside the strip checked above; exclusive (contract).
             unsafe { store_rows_avx512(x, r0, j + half * NR, ep, lohi, out) };
         }
@@ -963,17 +958,30 @@ unsafe fn tile_store_u8i8_vnni(
     lohi: (f32, f32),
     out: OutPtr,
 ) {
-    use std::arch::x86_64::*;
     check_whole_tile(r0, j0, ep, out);
     // SAFETY: forwarded contract.
     let acc = unsafe { acc_u8i8_vnni(a, b, off, kq) };
-    let x: [__m512; MR] = std::array::from_fn(|rr| {
+    let x = sums_less_corr_f32(&acc, r0, ep);
+    // SAFETY: AVX-512 F present; the tile's bounds checked above; exclusive (contract).
+    unsafe { store_rows_avx512(x, r0, j0, ep, lohi, out) };
+}
+
+/// A `u8 x i8` VNNI tile's i32 sums (rows from `r0`) less each row's zero correction, as f32:
+/// the input of [`store_rows_avx512`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn sums_less_corr_f32(
+    acc: &[std::arch::x86_64::__m512i; MR],
+    r0: usize,
+    ep: &Epilogue<'_>,
+) -> [std::arch::x86_64::__m512; MR] {
+    use std::arch::x86_64::*;
+    std::array::from_fn(|rr| {
         // |corr| <= 255 * 64 * K, within i32 (checked at build).
         let corr = ep.zero_corr.map_or(0, |z| z[r0 + rr]) as i32;
         _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[rr], _mm512_set1_epi32(corr)))
-    });
-    // SAFETY: AVX-512 F present; the tile's bounds checked above; exclusive (contract).
-    unsafe { store_rows_avx512(x, r0, j0, ep, lohi, out) };
+    })
 }
 
 /// The `i16 x i16` VNNI tile stored through the 16-lane epilogue: the i64 sums less the
@@ -1105,7 +1113,7 @@ unsafe fn tile_store_fast(
     #[cfg(target_arch = "x86_64")]
     if let (PackedWeights::U8I8(a, kern), ActPanels::U8(b)) = (w, b) {
         let lohi = ep.act.clamp_bounds();
-        let uniform = out.codes.is_none_or(|(q, ..)| q.enc.is_uniform());
+        let uniform = out.codes_uniform();
         if let (Some(lohi), false, true) = (lohi, *kern == U8I8Kernel::Portable, uniform) {
             let kq = w.quads();
             assert!(b.check(off, kq), "qgemm: activation panel out of bounds");
@@ -1125,7 +1133,7 @@ unsafe fn tile_store_fast(
     }
     #[cfg(target_arch = "x86_64")]
     if let (PackedWeights::I16(a, I16Kernel::Vnni { chunk_quads }), ActPanels::I16(b)) = (w, b) {
-        let uniform = out.codes.is_none_or(|(q, ..)| q.enc.is_uniform());
+        let uniform = out.codes_uniform();
         if let (Some(lohi), true) = (ep.act.clamp_bounds(), uniform) {
             let kq = w.quads();
             assert!(b.check(off, kq), "qgemm: activation panel out of bounds");
@@ -1163,7 +1171,7 @@ unsafe fn strip_store_fast(
 ) -> bool {
     #[cfg(target_arch = "x86_64")]
     if let (PackedWeights::U8I8(a, U8I8Kernel::Vnni), ActPanels::U8(b)) = (w, b) {
-        let uniform = out.codes.is_none_or(|(q, ..)| q.enc.is_uniform());
+        let uniform = out.codes_uniform();
         if let (Some(lohi), true, true) = (ep.act.clamp_bounds(), uniform, pairs > 0) {
             let kq = w.quads();
             let last = off0 + (2 * pairs - 1) * stride;
@@ -1664,6 +1672,11 @@ impl OutPtr {
             rs,
             cs,
         }
+    }
+
+    /// Whether any codes are on a uniform grid, as the register encoders need.
+    fn codes_uniform(&self) -> bool {
+        self.codes.is_none_or(|(q, ..)| q.enc.is_uniform())
     }
 
     /// These f32 outputs and, as well, their codes in `codes` (as [`OutPtr::quads`] stores

@@ -111,10 +111,13 @@ impl TapRows {
             || (vec![0f32; w * cin], vec![zero; w * cin]),
             |(xs, codes), (r, row)| {
                 let (i, iy) = (r / (h + 1), r % (h + 1));
-                row.fill(zero);
                 if iy == h {
+                    row.fill(zero);
                     return;
                 }
+                // The padding columns; the image's are written below.
+                row[..left].fill(zero);
+                row[left + w * cin..].fill(zero);
                 // The row's channels one after another, contiguous.
                 let base = i * img + iy * w * pix;
                 for (ch, x) in xs.chunks_exact_mut(w).enumerate() {
@@ -146,7 +149,6 @@ impl TapRows {
     /// (`src` runs to the end of the encoded buffer, slack included). Panel quad
     /// `ky * quads + q` of column `j` holds the 4 values from element `4q` of the kernel
     /// row's run; values past the run meet zero weights.
-    #[allow(clippy::too_many_arguments)]
     pub fn gather<T: BlockBuf>(
         &self,
         c: &Conv2d,
