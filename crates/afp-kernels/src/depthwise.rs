@@ -393,9 +393,10 @@ unsafe fn copy_rows_avx2(
 /// A whole output plane (`out.len() / ow` rows of `ow`) of a `K x K`, stride `S`
 /// depthwise conv from the padded plane `buf` (rows `pw` apart), 8 columns at a time:
 /// `bias + sum_taps w * buf[oy*S + ki][ox*S + kj]`, clamped to `(lo, hi)`. The weights
-/// are broadcast once per plane, and a row's partial last vector is stored whole (the next
-/// row overwrites its extra lanes) except on the plane's last row: this matters on small
-/// planes (7x7, 14x14), where a plane is a few vectors.
+/// are broadcast once per plane, and a row's partial last vector is stored whole where the
+/// next row overwrites its extra lanes, masked otherwise (the plane's last row, rows of fewer
+/// than 4 columns): this matters on small planes (7x7, 14x14), where a plane is a few
+/// vectors.
 ///
 /// # Safety
 /// AVX2 and FMA must be available. (All memory accesses are through pointers into `buf`,
@@ -448,14 +449,88 @@ unsafe fn plane_avx2<const K: usize, const S: usize>(
             }
             let r = _mm256_min_ps(_mm256_max_ps(acc, lov), hiv);
             // SAFETY: columns v*8.. of row oy. Whole vectors end at or before ow. A partial
-            // last vector of a row but the last writes its extra lanes into the next row's
-            // first columns (inside `out`), which that row's first vector, stored later,
-            // overwrites; the plane's last row stores its `rem` lanes only.
+            // last vector is stored whole only where its 8 - rem extra lanes land in the next
+            // row, inside `out`, and that row's first store, made later, covers them: with
+            // more than one vector per row that store is a whole vector; with one, it covers
+            // rem >= 8 - rem lanes (and then the next row's end, (oy + 2) * ow, is at least
+            // the extra lanes' end, (oy + 1) * ow + 8 - rem). Otherwise, the plane's last row
+            // included, only the `rem` lanes are stored.
+            let spill_ok = oy + 1 < oh && (nv > 1 || 2 * rem >= 8);
             unsafe {
-                if v + 1 < nv || rem == 8 || oy + 1 < oh {
+                if v + 1 < nv || rem == 8 || spill_ok {
                     _mm256_storeu_ps(op.add(v * 8), r);
                 } else {
                     _mm256_maskstore_ps(op.add(v * 8), mask, r);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fast path on planes of 1 to 12 columns equals the direct loops, and writes
+    /// nothing past its plane (the partial vectors stored whole must land inside it, where a
+    /// later store overwrites them).
+    #[test]
+    fn fast_planes_stay_inside_and_match() {
+        if !crate::sgemm::avx2_available() {
+            return;
+        }
+        let mut seed = 3;
+        for (k, s) in [(3usize, 1usize), (3, 2), (5, 1), (5, 2)] {
+            for w in 1..=12usize {
+                for h in [1usize, 2, 3, 5] {
+                    let p = k / 2;
+                    let c = Conv2d {
+                        c_in: 1,
+                        c_out: 1,
+                        kh: k,
+                        kw: k,
+                        stride: [s, s],
+                        dilation: [1, 1],
+                        pads: [p; 4],
+                        group: 1,
+                    };
+                    let (oh, ow) = c.out_hw(h, w);
+                    let x = crate::test_rand::rand_vec(h * w, &mut seed);
+                    let wt = crate::test_rand::rand_vec(k * k, &mut seed);
+                    let act = Activation::Clip {
+                        min: -0.5,
+                        max: 0.75,
+                    };
+                    // The plane, then a guard the kernel must leave alone.
+                    let mut buf = vec![f32::NAN; oh * ow + 16];
+                    let (out, guard) = buf.split_at_mut(oh * ow);
+                    let mut pad = PaddedPlane::new();
+                    fast_plane(&c, h, w, &x, &wt, 0.25, act, out, &mut pad);
+                    assert!(
+                        guard.iter().all(|g| g.is_nan()),
+                        "k{k} s{s} {h}x{w}: wrote past"
+                    );
+                    for oy in 0..oh {
+                        for ox in 0..ow {
+                            let mut want = 0.25f32;
+                            for ki in 0..k {
+                                for kj in 0..k {
+                                    let iy = (oy * s + ki) as isize - p as isize;
+                                    let ix = (ox * s + kj) as isize - p as isize;
+                                    if iy >= 0 && ix >= 0 && iy < h as isize && ix < w as isize {
+                                        let v = x[iy as usize * w + ix as usize];
+                                        want += wt[ki * k + kj] * v;
+                                    }
+                                }
+                            }
+                            let got = out[oy * ow + ox];
+                            let want = act.apply(want);
+                            assert!(
+                                (got - want).abs() <= 1e-5,
+                                "k{k} s{s} {h}x{w} at ({oy},{ox}): {got} vs {want}"
+                            );
+                        }
+                    }
                 }
             }
         }
