@@ -92,6 +92,20 @@ impl Conv2d {
         self.c_in.checked_div(self.group).unwrap_or(0) * self.kh * self.kw
     }
 
+    /// A 1x1 convolution, stride 1, no padding, one group: a matrix product per image.
+    pub fn pointwise(c_in: usize, c_out: usize) -> Conv2d {
+        Conv2d {
+            c_in,
+            c_out,
+            kh: 1,
+            kw: 1,
+            stride: [1, 1],
+            dilation: [1, 1],
+            pads: [0; 4],
+            group: 1,
+        }
+    }
+
     pub(crate) fn is_depthwise(&self) -> bool {
         self.group > 1 && self.group == self.c_in && self.c_out.is_multiple_of(self.c_in)
     }
@@ -230,6 +244,11 @@ impl Conv2d {
             return depthwise::run(self, n, h, w, input, weight, bias, act, out);
         }
 
+        if crate::pointwise::handles(self, n, ohw, act, &weight) {
+            return crate::pointwise::run(
+                n, self.c_out, kk, ohw, &weight, input, bias, residual, act, out,
+            );
+        }
         let direct = self.is_pointwise_direct();
         // With the AVX2 kernel, im2col is done inside the GEMM's packing of
         // B (no col buffer) unless the output plane is small (then the

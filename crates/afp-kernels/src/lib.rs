@@ -10,7 +10,8 @@
 //! `gemm` crate ([`matmul`](crate::matmul), the portable GEMM path), the
 //! AVX2+FMA GEMM micro-kernel (`sgemm`, bounds asserted before raw-pointer
 //! access; output tiles of different threads are disjoint), the AVX2
-//! depthwise row kernel (`depthwise`), and the integer kernels (`qgemm`,
+//! depthwise row kernel (`depthwise`), the AVX-512 1x1 convolution tiles (`pointwise`),
+//! and the integer kernels (`qgemm`,
 //! `qconv`: AVX-512 VNNI and AVX2). The vector paths are selected at run
 //! time with `is_x86_feature_detected!`.
 
@@ -20,6 +21,7 @@ mod depthwise;
 mod dot;
 mod lookup;
 mod matmul;
+mod pointwise;
 mod pool;
 pub mod qconv;
 pub mod qgemm;

@@ -1546,17 +1546,7 @@ impl QGemm {
         bias: Option<Vec<f32>>,
         act: Activation,
     ) -> Result<QGemm, String> {
-        let conv = Conv2d {
-            c_in: k,
-            c_out: m,
-            kh: 1,
-            kw: 1,
-            stride: [1, 1],
-            dilation: [1, 1],
-            pads: [0; 4],
-            group: 1,
-        };
-        let mut inner = QConv::new(conv, w, w_max, enc, mult, bias, act)?;
+        let mut inner = QConv::new(Conv2d::pointwise(k, m), w, w_max, enc, mult, bias, act)?;
         // A Gemm runs at batch 1 as a matrix-vector product, memory bound: weights of at
         // most 16 distinct values (4-bit formats) get a copy at half the bytes for it.
         if let Some(QWeights::Gemm { groups, .. }) = std::sync::Arc::get_mut(&mut inner.weights) {
