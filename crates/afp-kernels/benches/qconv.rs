@@ -9,23 +9,11 @@
 
 use std::time::Duration;
 
-use afp_kernels::{
-    ActEncoder, Activation, CodedWeights, Conv2d, LookupGemm, QConv, QGemm, QScratch,
-};
+use afp_kernels::{Activation, CodedWeights, LookupGemm, QGemm, QScratch};
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
-/// (name, c_in, c_out, hw, k, stride, pad)
-const SHAPES: &[(&str, usize, usize, usize, usize, usize, usize)] = &[
-    ("r50_stem_224x3_7x7s2_64", 3, 64, 224, 7, 2, 3),
-    ("r50_56x64_3x3_64", 64, 64, 56, 3, 1, 1),
-    ("r50_56x256_1x1_64", 256, 64, 56, 1, 1, 0),
-    ("r50_56x64_1x1_256", 64, 256, 56, 1, 1, 0),
-    ("r50_28x128_3x3_128", 128, 128, 28, 3, 1, 1),
-    ("r50_14x256_3x3_256", 256, 256, 14, 3, 1, 1),
-    ("r50_14x1024_1x1_256", 1024, 256, 14, 1, 1, 0),
-    ("r50_7x512_3x3_512", 512, 512, 7, 3, 1, 1),
-    ("r50_7x512_1x1_2048", 512, 2048, 7, 1, 1, 0),
-];
+#[path = "shared/r50.rs"]
+mod r50;
 
 fn bench(c: &mut Criterion) {
     let threads: usize = std::env::var("AFP_BENCH_THREADS")
@@ -36,45 +24,26 @@ fn bench(c: &mut Criterion) {
         .num_threads(threads)
         .build()
         .unwrap();
-    // uE0M8 at unit 2^-6: n = round(x * 64) in 0..=255.
-    let enc = ActEncoder::new(-6, 8, 255, false).unwrap();
     let mut group = c.benchmark_group(format!("qconv_t{threads}"));
     group
         .sample_size(10)
         .warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_secs(2));
-    for &(name, c_in, c_out, hw, k, stride, pad) in SHAPES {
-        let conv = Conv2d {
-            c_in,
-            c_out,
-            kh: k,
-            kw: k,
-            stride: [stride; 2],
-            dilation: [1, 1],
-            pads: [pad; 4],
-            group: 1,
-        };
-        let (oh, ow) = conv.out_hw(hw, hw);
-        let wn = c_out * c_in * k * k;
-        let w_int: Vec<i32> = (0..wn).map(|i| (i * 7 % 57) as i32 - 28).collect();
-        let weight: Vec<f32> = w_int.iter().map(|&v| v as f32 / 256.0).collect();
-        let bias: Vec<f32> = (0..c_out).map(|i| i as f32 * 0.001).collect();
-        let q = QConv::new(
-            conv.clone(),
-            &w_int,
-            28,
-            enc,
-            vec![1.0 / 256.0 / 64.0; c_out],
-            Some(bias.clone()),
-            Activation::Relu,
-        )
-        .unwrap();
+    for shape in r50::SHAPES {
+        let name = shape.0;
+        let layer = r50::Layer::new(shape);
+        let r50::Layer {
+            conv,
+            weight,
+            bias,
+            q,
+            hw,
+        } = &layer;
+        let hw = *hw;
         for n in [1usize, 8] {
-            let input: Vec<f32> = (0..n * c_in * hw * hw)
-                .map(|i| (i % 13) as f32 * 0.25)
-                .collect();
-            let mut out = vec![0.0f32; n * c_out * oh * ow];
-            let macs = n * c_out * oh * ow * c_in * k * k;
+            let input = layer.input(n);
+            let mut out = vec![0.0f32; layer.out_len(n)];
+            let macs = layer.macs(n);
             group.throughput(Throughput::Elements(2 * macs as u64));
             let mut scratch = Vec::new();
             group.bench_with_input(
@@ -88,8 +57,8 @@ fn bench(c: &mut Criterion) {
                                 hw,
                                 hw,
                                 black_box(&input),
-                                &weight,
-                                Some(&bias),
+                                weight,
+                                Some(bias),
                                 Activation::Relu,
                                 &mut out,
                                 &mut scratch,
@@ -154,7 +123,7 @@ fn bench(c: &mut Criterion) {
             k,
             &w_int,
             12,
-            enc,
+            r50::encoder(),
             vec![1.0 / 64.0 / 64.0; m],
             None,
             Activation::None,
