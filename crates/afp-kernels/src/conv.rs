@@ -110,7 +110,8 @@ impl Conv2d {
         self.group > 1 && self.group == self.c_in && self.c_out.is_multiple_of(self.c_in)
     }
 
-    fn is_pointwise_direct(&self) -> bool {
+    /// 1x1, stride 1, no padding: each image's input is the GEMM's right-hand matrix as is.
+    pub(crate) fn is_pointwise_direct(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.stride == [1, 1] && self.pads == [0; 4]
     }
 

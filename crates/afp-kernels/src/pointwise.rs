@@ -21,7 +21,7 @@
 use rayon::prelude::*;
 
 use crate::conv::Conv2d;
-use crate::sgemm::Lhs;
+use crate::sgemm::{Lhs, OutPtr};
 use crate::Activation;
 
 /// Output channels per tile at most (24 accumulators of 32 registers).
@@ -34,7 +34,7 @@ const PREFETCH_TILES: usize = 4;
 const BLOCK_BYTES: usize = 256 * 1024;
 /// Smallest plane: a plane under 8 tiles wastes too much of its last, partial tile (7x7
 /// planes stay with the GEMM).
-pub(crate) const MIN_PIXELS: usize = 128;
+const MIN_PIXELS: usize = 128;
 /// Fewest columns per call (images x pixels): below, rearranging the weights costs too much
 /// against the products (14x14 layers stay with the GEMM below batch 8).
 const MIN_COLUMNS: usize = 1568;
@@ -65,10 +65,7 @@ pub(crate) fn handles(conv: &Conv2d, n: usize, pixels: usize, act: Activation, w
         Lhs::F32(_, l) => l.cs == 1 && l.rs == conv.c_in,
         Lhs::Coded(_) => true,
     };
-    conv.kh == 1
-        && conv.kw == 1
-        && conv.stride == [1, 1]
-        && conv.pads == [0; 4]
+    conv.is_pointwise_direct()
         && conv.group == 1
         && conv.c_in > 0
         && conv.c_out <= conv.c_in
@@ -200,25 +197,6 @@ pub(crate) fn run(
         }
     });
 }
-
-/// The output pointer, shared by tasks that write disjoint elements.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-impl OutPtr {
-    /// The element `i` on. (A method, so closures capture the `Sync` wrapper, not the
-    /// pointer field.)
-    ///
-    /// # Safety
-    /// `i` must lie inside the output.
-    unsafe fn at(self, i: usize) -> *mut f32 {
-        self.0.add(i)
-    }
-}
-
-// SAFETY: tasks write disjoint output elements through it (see `run`).
-unsafe impl Send for OutPtr {}
-// SAFETY: as above.
-unsafe impl Sync for OutPtr {}
 
 /// One output tile's operands: rows `0..rows` of a chunk (weights `w`, `[k][R]`), input
 /// columns `j..j + cols` of the `k` planes of `x`.

@@ -229,14 +229,25 @@ struct Problem<'a> {
     hi: f32,
 }
 
-/// Raw output pointer handed to the worker threads.
+/// Raw output pointer handed to the worker threads (also the 1x1 tiles' in `pointwise`).
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: the pointer is only used to write disjoint sub-rectangles of the
-// output from different threads (see `gemm_fused_avx2`), while the caller's
-// exclusive borrow of the output slice is held.
+pub(crate) struct OutPtr(pub(crate) *mut f32);
+// SAFETY: the pointer is only used to write disjoint parts of the output from different
+// threads (sub-rectangles in `gemm_fused_avx2`, column ranges in `pointwise::run`), while
+// the caller's exclusive borrow of the output slice is held.
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The element `i` on. (A method, so closures capture the `Sync` wrapper, not the
+    /// pointer field.)
+    ///
+    /// # Safety
+    /// `i` must lie inside the output.
+    pub(crate) unsafe fn at(self, i: usize) -> *mut f32 {
+        self.0.add(i)
+    }
+}
 
 type Bufs = (Vec<f32>, Vec<f32>, Vec<f32>);
 
