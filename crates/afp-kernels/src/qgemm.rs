@@ -702,6 +702,7 @@ unsafe fn strip_store_u8i8_vnni(
 ) {
     // The last tile's bounds hold for the earlier ones: their elements lie below it.
     check_whole_tile(r0, j0 + (2 * pairs - 1) * NR, ep, out);
+    let rows = RowsEpilogue::new(r0, ep, lohi);
     for i in 0..pairs {
         let j = j0 + 2 * i * NR;
         for t in [RESIDUAL_PREFETCH_TILES, RESIDUAL_PREFETCH_TILES + 1] {
@@ -711,9 +712,8 @@ unsafe fn strip_store_u8i8_vnni(
         // SAFETY: forwarded contract; both panels lie at or below the checked last one.
         let acc = unsafe { acc_u8i8_vnni_pair(a, b, offs, kq) };
         for (half, acc) in acc.iter().enumerate() {
-            let x = sums_less_corr_f32(acc, r0, ep);
-            // SAFETY: AVX-512 F present; inside the strip checked above; exclusive (contract).
-            unsafe { store_rows_avx512(x, r0, j + half * NR, ep, lohi, out) };
+            // SAFETY: inside the strip checked above; exclusive (contract).
+            unsafe { rows.store(rows.sums_f32(acc), j + half * NR, out) };
         }
     }
 }
@@ -961,27 +961,9 @@ unsafe fn tile_store_u8i8_vnni(
     check_whole_tile(r0, j0, ep, out);
     // SAFETY: forwarded contract.
     let acc = unsafe { acc_u8i8_vnni(a, b, off, kq) };
-    let x = sums_less_corr_f32(&acc, r0, ep);
-    // SAFETY: AVX-512 F present; the tile's bounds checked above; exclusive (contract).
-    unsafe { store_rows_avx512(x, r0, j0, ep, lohi, out) };
-}
-
-/// A `u8 x i8` VNNI tile's i32 sums (rows from `r0`) less each row's zero correction, as f32:
-/// the input of [`store_rows_avx512`].
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[inline]
-fn sums_less_corr_f32(
-    acc: &[std::arch::x86_64::__m512i; MR],
-    r0: usize,
-    ep: &Epilogue<'_>,
-) -> [std::arch::x86_64::__m512; MR] {
-    use std::arch::x86_64::*;
-    std::array::from_fn(|rr| {
-        // |corr| <= 255 * 64 * K, within i32 (checked at build).
-        let corr = ep.zero_corr.map_or(0, |z| z[r0 + rr]) as i32;
-        _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[rr], _mm512_set1_epi32(corr)))
-    })
+    let rows = RowsEpilogue::new(r0, ep, lohi);
+    // SAFETY: the tile's bounds checked above; exclusive (contract).
+    unsafe { rows.store(rows.sums_f32(&acc), j0, out) };
 }
 
 /// The `i16 x i16` VNNI tile stored through the 16-lane epilogue: the i64 sums less the
@@ -1022,72 +1004,106 @@ unsafe fn tile_store_i16_vnni(
         let hi = _mm512_cvtepi64_ps(_mm512_sub_epi64(hi, corr));
         _mm512_insertf32x8::<1>(_mm512_castps256_ps512(lo), hi)
     });
-    // SAFETY: AVX-512 F present; the tile's bounds checked above; exclusive (contract).
-    unsafe { store_rows_avx512(x, r0, j0, ep, lohi, out) };
+    // SAFETY: the tile's bounds checked above; exclusive (contract).
+    unsafe { RowsEpilogue::new(r0, ep, lohi).store(x, j0, out) };
 }
 
-/// The epilogue of a whole tile on 16-lane rows, from `x[r] = (sum - corr) as f32`:
-/// `x * mult + bias`, the affine step, the residual, the clamp `(lo, hi)`, then the f32
-/// store or the encoding into the next layer's quads; the same f32 operations in the same
-/// order as [`store_tile`] (multiply then add, never fused), so the same bits.
-///
-/// # Safety
-/// AVX-512 F present; [`check_whole_tile`] passed for this tile; no other thread touches its
-/// output elements.
+/// The 16-lane epilogue of one row panel (`MR` rows from `r0`), its rows' constants
+/// broadcast once for all the tiles of a strip (set per tile, with the branches on the
+/// epilogue's parts, they cost about a third of the VNNI kernels' time at K = 64). From
+/// `x[r] = (sum - corr) as f32`: `x * mult + bias`, the affine step, the residual, the clamp
+/// `(lo, hi)`, then the f32 store or the encoding into the next layer's quads; the same f32
+/// operations in the same order as [`store_tile`] (multiply then add, never fused), so the
+/// same bits.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[inline]
-unsafe fn store_rows_avx512(
-    x: [std::arch::x86_64::__m512; MR],
+struct RowsEpilogue<'a> {
     r0: usize,
-    j0: usize,
-    ep: &Epilogue<'_>,
-    (lo, hi): (f32, f32),
-    out: OutPtr,
-) {
-    use std::arch::x86_64::*;
-    // None keeps NaN (max(NaN, -inf) would give -inf), as `store_tile` does.
-    let clamp = ep.act != Activation::None;
-    let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
-    // With quads: each row's codes shifted into byte `row % 4` of its pixels' words, stored
-    // once the quad's rows are all in.
-    let mut words = _mm512_setzero_si512();
-    for (rr, &x) in x.iter().enumerate() {
-        let r = r0 + rr;
-        let m = _mm512_set1_ps(ep.mult[r]);
-        let bias = _mm512_set1_ps(ep.bias.map_or(0.0, |b| b[r]));
-        let base = r * out.rs + j0;
-        let mut v = _mm512_add_ps(_mm512_mul_ps(x, m), bias);
-        if let Some((sc, sh)) = ep.affine {
-            v = _mm512_add_ps(
-                _mm512_mul_ps(v, _mm512_set1_ps(sc[r])),
-                _mm512_set1_ps(sh[r]),
-            );
+    mult: [std::arch::x86_64::__m512; MR],
+    bias: [std::arch::x86_64::__m512; MR],
+    /// The zero correction of u8 sums, in i32: `|corr| <= 255 * 64 * K` (checked at build).
+    corr: [std::arch::x86_64::__m512i; MR],
+    affine: Option<[(std::arch::x86_64::__m512, std::arch::x86_64::__m512); MR]>,
+    residual: Option<&'a [f32]>,
+    /// None keeps NaN (max(NaN, -inf) would give -inf), as `store_tile` does.
+    clamp: Option<(std::arch::x86_64::__m512, std::arch::x86_64::__m512)>,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl<'a> RowsEpilogue<'a> {
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn new(r0: usize, ep: &Epilogue<'a>, (lo, hi): (f32, f32)) -> RowsEpilogue<'a> {
+        use std::arch::x86_64::*;
+        RowsEpilogue {
+            r0,
+            mult: std::array::from_fn(|rr| _mm512_set1_ps(ep.mult[r0 + rr])),
+            bias: std::array::from_fn(|rr| _mm512_set1_ps(ep.bias.map_or(0.0, |b| b[r0 + rr]))),
+            corr: std::array::from_fn(|rr| {
+                _mm512_set1_epi32(ep.zero_corr.map_or(0, |z| z[r0 + rr]) as i32)
+            }),
+            affine: ep.affine.map(|(sc, sh)| {
+                std::array::from_fn(|rr| (_mm512_set1_ps(sc[r0 + rr]), _mm512_set1_ps(sh[r0 + rr])))
+            }),
+            residual: ep.residual,
+            clamp: (ep.act != Activation::None).then(|| (_mm512_set1_ps(lo), _mm512_set1_ps(hi))),
         }
-        if let Some(res) = ep.residual {
-            // SAFETY: base + 15 <= the tile's last element < res.len() (checked by the caller).
-            v = _mm512_add_ps(v, unsafe { _mm512_loadu_ps(res.as_ptr().add(base)) });
-        }
-        if clamp {
-            // max(v, lo) returns lo for NaN, as f32::max does in `store_tile`.
-            v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
-        }
-        if let Some((p, _)) = out.vals {
-            // SAFETY: base + 15 <= the tile's last element < the values' length (checked by
-            // the caller); this tile's elements belong to this call (function contract).
-            unsafe { _mm512_storeu_ps(p.add(base), v) };
-        }
-        if let Some((q, p, _)) = out.codes {
-            let codes = q.enc.encode_uniform_avx512(v, q.zero);
-            let shifted = _mm512_sllv_epi32(codes, _mm512_set1_epi32(8 * (r % 4) as i32));
-            words = _mm512_or_si512(words, shifted);
-            if r % 4 == 3 {
-                let at = q.at(r - 3, j0);
-                // SAFETY: the 16 words of pixels j0.. of this quad end at or before the tile's
-                // last byte < the codes' length (checked by the caller); this tile's elements
-                // belong to this call (function contract).
-                unsafe { _mm512_storeu_si512(p.add(at) as *mut __m512i, words) };
-                words = _mm512_setzero_si512();
+    }
+
+    /// A `u8 x i8` tile's i32 sums less each row's zero correction, as f32.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn sums_f32(&self, acc: &[std::arch::x86_64::__m512i; MR]) -> [std::arch::x86_64::__m512; MR] {
+        use std::arch::x86_64::*;
+        std::array::from_fn(|rr| _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[rr], self.corr[rr])))
+    }
+
+    /// Stores the tile at columns `j0..j0 + 16` of these rows. Always inlined (a call per
+    /// tile cost 15% of the strips' time at K = 64), which `#[target_feature]` does not
+    /// allow, so the features are the caller's.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 F and the caller is compiled with it (all callers are
+    /// `#[target_feature(enable = "avx512f", ..)]`); [`check_whole_tile`] passed for this
+    /// tile; no other thread touches its output elements.
+    #[inline(always)]
+    unsafe fn store(&self, x: [std::arch::x86_64::__m512; MR], j0: usize, out: OutPtr) {
+        use std::arch::x86_64::*;
+        // With quads: each row's codes shifted into byte `row % 4` of its pixels' words, stored
+        // once the quad's rows are all in.
+        let mut words = _mm512_setzero_si512();
+        for (rr, &x) in x.iter().enumerate() {
+            let r = self.r0 + rr;
+            let base = r * out.rs + j0;
+            let mut v = _mm512_add_ps(_mm512_mul_ps(x, self.mult[rr]), self.bias[rr]);
+            if let Some(aff) = &self.affine {
+                v = _mm512_add_ps(_mm512_mul_ps(v, aff[rr].0), aff[rr].1);
+            }
+            if let Some(res) = self.residual {
+                // SAFETY: base + 15 <= the tile's last element < res.len() (checked by the
+                // caller).
+                v = _mm512_add_ps(v, unsafe { _mm512_loadu_ps(res.as_ptr().add(base)) });
+            }
+            if let Some((lo, hi)) = self.clamp {
+                // max(v, lo) returns lo for NaN, as f32::max does in `store_tile`.
+                v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
+            }
+            if let Some((p, _)) = out.vals {
+                // SAFETY: base + 15 <= the tile's last element < the values' length (checked
+                // by the caller); this tile's elements belong to this call (contract).
+                unsafe { _mm512_storeu_ps(p.add(base), v) };
+            }
+            if let Some((q, p, _)) = out.codes {
+                let codes = q.enc.encode_uniform_avx512(v, q.zero);
+                let shifted = _mm512_sllv_epi32(codes, _mm512_set1_epi32(8 * (r % 4) as i32));
+                words = _mm512_or_si512(words, shifted);
+                if r % 4 == 3 {
+                    let at = q.at(r - 3, j0);
+                    // SAFETY: the 16 words of pixels j0.. of this quad end at or before the
+                    // tile's last byte < the codes' length (checked by the caller); this tile's
+                    // elements belong to this call (contract).
+                    unsafe { _mm512_storeu_si512(p.add(at) as *mut __m512i, words) };
+                    words = _mm512_setzero_si512();
+                }
             }
         }
     }
