@@ -169,9 +169,9 @@ impl Card {
     pub fn load(path: impl AsRef<Path>) -> Result<Card> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let mut card: Card = serde_json::from_str(&text).map_err(|source| Error::Json {
+        let mut card: Card = serde_json::from_str(&text).map_err(|cause| Error::Json {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
         let dir = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),

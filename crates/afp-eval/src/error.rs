@@ -2,32 +2,30 @@
 
 use std::path::PathBuf;
 
-/// Errors of `afp-eval`.
+/// Errors of `afp-eval`. A variant's message ends with its cause's, so no variant reports
+/// that cause again as `source()` (an error chain would print it twice).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Reading or writing a file failed.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {cause}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// A JSON file (model card) could not be parsed.
-    #[error("{}: invalid JSON: {source}", path.display())]
+    #[error("{}: invalid JSON: {cause}", path.display())]
     Json {
         path: PathBuf,
-        #[source]
-        source: serde_json::Error,
+        cause: serde_json::Error,
     },
     /// A model card parsed but holds an unusable value.
     #[error("{}: invalid model card: {msg}", path.display())]
     Card { path: PathBuf, msg: String },
     /// An image could not be decoded.
-    #[error("{}: cannot decode image: {source}", path.display())]
+    #[error("{}: cannot decode image: {cause}", path.display())]
     Decode {
         path: PathBuf,
-        #[source]
-        source: image::ImageError,
+        cause: image::ImageError,
     },
     /// A dataset folder is missing, empty or malformed.
     #[error("{}: {msg}", path.display())]
@@ -58,10 +56,10 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub(crate) fn io(path: impl Into<PathBuf>, cause: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            cause,
         }
     }
 }

@@ -261,9 +261,9 @@ impl Preprocess {
 pub fn decode_rgb8(path: impl AsRef<Path>) -> Result<RgbImage> {
     let path = path.as_ref();
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    decode_rgb8_bytes(&bytes).map_err(|source| Error::Decode {
+    decode_rgb8_bytes(&bytes).map_err(|cause| Error::Decode {
         path: path.to_path_buf(),
-        source,
+        cause,
     })
 }
 

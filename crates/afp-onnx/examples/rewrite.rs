@@ -49,10 +49,10 @@ fn main() -> Result<(), OnnxError> {
         moved += 1;
     }
     let data_path = out.join("external.onnx.data");
-    std::fs::write(&data_path, &data).map_err(|source| OnnxError::Io {
+    std::fs::write(&data_path, &data).map_err(|cause| OnnxError::Io {
         action: "cannot write",
         path: data_path,
-        source,
+        cause,
     })?;
     write_model(&out.join("external.onnx"), &ext)?;
     let reloaded = read_model(&out.join("external.onnx"))?;

@@ -2,28 +2,28 @@ use std::path::PathBuf;
 
 /// Everything that can go wrong reading, writing or interpreting an ONNX model.
 ///
-/// Each message names the file, tensor or node concerned and what is wrong with it.
+/// Each message names the file, tensor or node concerned and what is wrong with it, and
+/// ends with the underlying error's message where there is one (so none is also reported as
+/// `source()`: an error chain would print it twice).
 #[derive(Debug, thiserror::Error)]
 pub enum OnnxError {
     /// A file could not be read, written, renamed or synced.
-    #[error("{action} {}: {source}", path.display())]
+    #[error("{action} {}: {cause}", path.display())]
     Io {
         /// What was being done ("cannot read ONNX model", ...).
         action: &'static str,
         /// The file concerned.
         path: PathBuf,
         /// The underlying error.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The bytes are not a valid ONNX `ModelProto`.
-    #[error("{origin}: not a valid ONNX model (protobuf decoding failed: {source})")]
+    #[error("{origin}: not a valid ONNX model (protobuf decoding failed: {cause})")]
     Decode {
         /// The file name, or `<bytes>` for [`crate::decode_model`].
         origin: String,
         /// The protobuf error.
-        #[source]
-        source: prost::DecodeError,
+        cause: prost::DecodeError,
     },
     /// The bytes decode as protobuf but lack what every ONNX model has.
     #[error("{origin}: not an ONNX model: {reason}")]

@@ -15,9 +15,9 @@ use crate::tensor::{data_type, element_count, raw_byte_len};
 use crate::OnnxError;
 
 fn decode_from(bytes: &[u8], origin: impl Fn() -> String) -> Result<ModelProto, OnnxError> {
-    let model = ModelProto::decode(bytes).map_err(|source| OnnxError::Decode {
+    let model = ModelProto::decode(bytes).map_err(|cause| OnnxError::Decode {
         origin: origin(),
-        source,
+        cause,
     })?;
     if model.ir_version.is_none() && model.graph.is_none() {
         return Err(OnnxError::NotAModel {
@@ -50,10 +50,10 @@ pub fn encode_model(model: &ModelProto) -> Vec<u8> {
 /// External `location`s must be relative paths inside the model's directory; `offset` and
 /// `length` must lie within that file and `length` must equal dims x element size.
 pub fn read_model(path: &Path) -> Result<ModelProto, OnnxError> {
-    let bytes = fs::read(path).map_err(|source| OnnxError::Io {
+    let bytes = fs::read(path).map_err(|cause| OnnxError::Io {
         action: "cannot read ONNX model",
         path: path.to_path_buf(),
-        source,
+        cause,
     })?;
     let mut model = decode_from(&bytes, || path.display().to_string())?;
     drop(bytes);
@@ -80,16 +80,16 @@ pub fn write_model(path: &Path, model: &ModelProto) -> Result<(), OnnxError> {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), OnnxError> {
     let io_err = |action, path: &Path| {
         let path = path.to_path_buf();
-        move |source| OnnxError::Io {
+        move |cause| OnnxError::Io {
             action,
             path,
-            source,
+            cause,
         }
     };
     let file_name = path.file_name().ok_or_else(|| OnnxError::Io {
         action: "cannot write ONNX model",
         path: path.to_path_buf(),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "path has no file name"),
+        cause: std::io::Error::new(std::io::ErrorKind::InvalidInput, "path has no file name"),
     })?;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),

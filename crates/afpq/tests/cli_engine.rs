@@ -183,7 +183,16 @@ fn bad_input_is_a_clear_error() {
         "/nonexistent",
     ]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent"), "{err}");
+    // A missing model: the OS's reason once, not once per level of the error chain.
+    let out = afpq(&["inspect", "/nonexistent/model.onnx"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let reason = std::fs::read("/nonexistent/model.onnx")
+        .unwrap_err()
+        .to_string();
+    assert_eq!(err.matches(&reason).count(), 1, "{err}");
     // A file that is not ONNX.
     let card = s(assets().join("models/resnet8_cifar10.json"));
     let out = afpq(&["inspect", &card]);
