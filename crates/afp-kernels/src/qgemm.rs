@@ -940,7 +940,7 @@ unsafe fn tile_store_u8i8_avx2(
 }
 
 /// [`tile_store_u8i8_avx2`] for the VNNI kernel, with the epilogue on whole 16-lane rows
-/// ([`store_rows_avx512`]).
+/// ([`RowsEpilogue`]).
 ///
 /// # Safety
 /// As [`acc_u8i8_vnni`]; no other thread touches the tile's output elements.
