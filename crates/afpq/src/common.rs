@@ -35,7 +35,8 @@ impl DataArgs {
     pub fn card(&self) -> Result<Option<Card>> {
         self.card
             .as_ref()
-            .map(|p| Card::load(p).with_context(|| format!("reading model card {}", p.display())))
+            // Every error of `Card::load` names the file.
+            .map(|p| Card::load(p).context("reading the model card"))
             .transpose()
     }
 
@@ -71,7 +72,8 @@ impl DataArgs {
             Some(l) => Dataset::open_with_labels(&dir, l),
             None => Dataset::open(&dir),
         };
-        ds.with_context(|| format!("opening image folder {}", dir.display()))
+        // The dataset's errors name the folder or the file concerned.
+        ds.context("opening the image folder")
     }
 }
 

@@ -184,7 +184,11 @@ fn bad_input_is_a_clear_error() {
     ]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("/nonexistent"), "{err}");
+    assert_eq!(
+        err.matches("/nonexistent").count(),
+        1,
+        "the folder, once: {err}"
+    );
     // A missing model: the OS's reason once, not once per level of the error chain.
     let out = afpq(&["inspect", "/nonexistent/model.onnx"]);
     assert_eq!(out.status.code(), Some(1));
