@@ -1009,8 +1009,8 @@ unsafe fn tile_store_i16_vnni(
 }
 
 /// The 16-lane epilogue of one row panel (`MR` rows from `r0`), its rows' constants
-/// broadcast once for all the tiles of a strip (set per tile, with the branches on the
-/// epilogue's parts, they cost about a third of the VNNI kernels' time at K = 64). From
+/// broadcast once for all the tiles of a strip (the per-tile epilogue call that set them
+/// for every tile took a third of a K = 64 layer's time in `perf`). From
 /// `x[r] = (sum - corr) as f32`: `x * mult + bias`, the affine step, the residual, the clamp
 /// `(lo, hi)`, then the f32 store or the encoding into the next layer's quads; the same f32
 /// operations in the same order as [`store_tile`] (multiply then add, never fused), so the
@@ -1057,9 +1057,9 @@ impl<'a> RowsEpilogue<'a> {
         std::array::from_fn(|rr| _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[rr], self.corr[rr])))
     }
 
-    /// Stores the tile at columns `j0..j0 + 16` of these rows. Always inlined (a call per
-    /// tile cost 15% of the strips' time at K = 64), which `#[target_feature]` does not
-    /// allow, so the features are the caller's.
+    /// Stores the tile at columns `j0..j0 + 16` of these rows. Always inlined (left to
+    /// itself, LLVM kept it a call per tile, the tile passed through memory), which
+    /// `#[target_feature]` does not allow, so the features are the caller's.
     ///
     /// # Safety
     /// The CPU has AVX-512 F and the caller is compiled with it (all callers are
