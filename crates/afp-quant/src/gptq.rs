@@ -4,6 +4,7 @@
 //! *output* on calibration data stays close. Works on any level set: each output channel is
 //! rounded to its own grid (AFP with its offset, or INT with its scale).
 
+use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
 
 /// `sum x xᵀ` over a layer input's vectors (one per output position), for one group of a
@@ -83,12 +84,17 @@ const BLOCK: usize = 64;
 /// them.
 const LAZY_COLS: usize = 64;
 
+/// Rows of weights that [`Factor::round`] rounds together: they share each streamed row of
+/// `U`, and a column of a tile (32 f64, 8 AVX2 registers) stays in registers while a block's
+/// errors are pushed onto it.
+const TILE: usize = 32;
+
 /// The upper-triangular `U` with `Uᵀ U = H⁻¹` (what GPTQ's update uses), from a symmetric
 /// positive definite `H` (`k x k`, f64). With `J` the reversal, `J H J = L Lᵀ` (Cholesky)
 /// gives `H⁻¹ = (J L⁻¹ J)ᵀ (J L⁻¹ J)`, so `U = J L⁻¹ J`: one factorization and one
 /// triangular inverse, no explicit inverse of `H`. Both are blocked (a `k = 4608` matrix is
-/// 170 MB: unblocked, every step would stream it from memory) and run in pulp's
-/// widest-ISA wrapper so the dot products vectorize.
+/// 170 MB: unblocked, every step would stream it from memory), and their loops run inside
+/// pulp's widest-ISA wrapper (see [`Vectorized`]).
 fn inverse_factor(h: &[f64], k: usize) -> Result<Vec<f64>, String> {
     let arch = pulp::Arch::new();
     // Reversed copy; only the lower triangle is used.
@@ -101,44 +107,35 @@ fn inverse_factor(h: &[f64], k: usize) -> Result<Vec<f64>, String> {
     // Right-looking blocked Cholesky, in place.
     for kb in (0..k).step_by(BLOCK) {
         let e = (kb + BLOCK).min(k);
-        // The diagonal block.
-        for i in kb..e {
-            for j in kb..=i {
-                let s = l[i * k + j] - dot(&l[i * k + kb..i * k + j], &l[j * k + kb..j * k + j]);
-                if i == j {
-                    if !(s > 0.0 && s.is_finite()) {
-                        return Err(format!(
-                            "the input Hessian is not positive definite (pivot {s} at {i})"
-                        ));
-                    }
-                    l[i * k + i] = s.sqrt();
-                } else {
-                    l[i * k + j] = s / l[j * k + j];
-                }
-            }
-        }
+        arch.dispatch(DiagonalBlock {
+            l: &mut l,
+            k,
+            kb,
+            e,
+        })?;
         let (top, below) = l.split_at_mut(e * k);
         let diag = &top[kb * k..];
         // The panel below it, then the trailing update with it (rows independent).
         below.par_chunks_mut(k).for_each(|row| {
-            arch.dispatch(|| {
-                for j in kb..e {
-                    let s = row[j] - dot(&row[kb..j], &diag[(j - kb) * k + kb..(j - kb) * k + j]);
-                    row[j] = s / diag[(j - kb) * k + j];
-                }
+            arch.dispatch(PanelRow {
+                row,
+                diag,
+                k,
+                kb,
+                e,
             })
         });
         let panel: Vec<f64> = below
             .chunks(k)
             .flat_map(|row| row[kb..e].iter().copied())
             .collect();
-        let w = e - kb;
         below.par_chunks_mut(k).enumerate().for_each(|(r, row)| {
-            arch.dispatch(|| {
-                let (pi, i) = (&panel[r * w..(r + 1) * w], e + r);
-                for j in e..=i {
-                    row[j] -= dot(pi, &panel[(j - e) * w..(j - e + 1) * w]);
-                }
+            arch.dispatch(TrailingRow {
+                row,
+                panel: &panel,
+                w: e - kb,
+                e,
+                r,
             })
         });
     }
@@ -148,21 +145,11 @@ fn inverse_factor(h: &[f64], k: usize) -> Result<Vec<f64>, String> {
     mt.par_chunks_mut(BLOCK * k)
         .enumerate()
         .for_each(|(b, cols)| {
-            arch.dispatch(|| {
-                let c0 = b * BLOCK;
-                let nc = cols.len() / k;
-                for i in c0..k {
-                    let li = &l[i * k..(i + 1) * k];
-                    for cc in 0..nc.min(i + 1 - c0) {
-                        let c = c0 + cc;
-                        let col = &mut cols[cc * k..(cc + 1) * k];
-                        col[i] = if i == c {
-                            1.0 / li[i]
-                        } else {
-                            -dot(&li[c..i], &col[c..i]) / li[i]
-                        };
-                    }
-                }
+            arch.dispatch(InverseColumns {
+                l: &l,
+                k,
+                c0: b * BLOCK,
+                cols,
             })
         });
     // U[a][b] = M[k-1-a][k-1-b] = mt[k-1-b][k-1-a].
@@ -173,6 +160,93 @@ fn inverse_factor(h: &[f64], k: usize) -> Result<Vec<f64>, String> {
         }
     });
     Ok(u)
+}
+
+/// The loops below run inside pulp's widest-ISA wrapper (`arch.dispatch`) through these
+/// `WithSimd` structs, whose `with_simd` and loops are `#[inline(always)]`, so the loops are
+/// compiled with the wrapper's features (AVX2 where present). A closure would not do: its body
+/// is a function of its own, compiled for the baseline ISA (SSE2), which LLVM does not inline
+/// into the wrapper. The arithmetic is the same at any vector width (no reassociation, no FMA
+/// contraction): only the speed changes.
+macro_rules! simd_op {
+    ($name:ident { $($field:ident: $ty:ty),* $(,)? } -> $out:ty = $body:ident) => {
+        struct $name<'a> {
+            $($field: $ty),*
+        }
+        impl WithSimd for $name<'_> {
+            type Output = $out;
+            #[inline(always)]
+            fn with_simd<S: Simd>(self, _simd: S) -> $out {
+                let $name { $($field),* } = self;
+                $body($($field),*)
+            }
+        }
+    };
+}
+
+simd_op!(DiagonalBlock { l: &'a mut [f64], k: usize, kb: usize, e: usize } -> Result<(), String> = factor_diagonal_block);
+simd_op!(PanelRow { row: &'a mut [f64], diag: &'a [f64], k: usize, kb: usize, e: usize } -> () = solve_panel_row);
+simd_op!(TrailingRow { row: &'a mut [f64], panel: &'a [f64], w: usize, e: usize, r: usize } -> () = update_trailing_row);
+simd_op!(InverseColumns { l: &'a [f64], k: usize, c0: usize, cols: &'a mut [f64] } -> () = invert_columns);
+
+/// Cholesky of the diagonal block `kb..e` (its rows already hold the updates of the blocks
+/// before it).
+#[inline(always)]
+fn factor_diagonal_block(l: &mut [f64], k: usize, kb: usize, e: usize) -> Result<(), String> {
+    for i in kb..e {
+        for j in kb..=i {
+            let s = l[i * k + j] - dot(&l[i * k + kb..i * k + j], &l[j * k + kb..j * k + j]);
+            if i == j {
+                if !(s > 0.0 && s.is_finite()) {
+                    return Err(format!(
+                        "the input Hessian is not positive definite (pivot {s} at {i})"
+                    ));
+                }
+                l[i * k + i] = s.sqrt();
+            } else {
+                l[i * k + j] = s / l[j * k + j];
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Columns `kb..e` of one row below the diagonal block, by forward substitution against the
+/// factored block (`diag` starts at the block's first row).
+#[inline(always)]
+fn solve_panel_row(row: &mut [f64], diag: &[f64], k: usize, kb: usize, e: usize) {
+    for j in kb..e {
+        let d = &diag[(j - kb) * k..];
+        let s = row[j] - dot(&row[kb..j], &d[kb..j]);
+        row[j] = s / d[j];
+    }
+}
+
+/// The trailing update of row `e + r` with the solved panel (`w` columns per row).
+#[inline(always)]
+fn update_trailing_row(row: &mut [f64], panel: &[f64], w: usize, e: usize, r: usize) {
+    let pi = &panel[r * w..(r + 1) * w];
+    for j in e..=e + r {
+        row[j] -= dot(pi, &panel[(j - e) * w..(j - e + 1) * w]);
+    }
+}
+
+/// Columns `c0..` of `L⁻¹` (as rows of `cols`) by forward substitution down the rows of `L`.
+#[inline(always)]
+fn invert_columns(l: &[f64], k: usize, c0: usize, cols: &mut [f64]) {
+    let nc = cols.len() / k;
+    for i in c0..k {
+        let li = &l[i * k..(i + 1) * k];
+        for cc in 0..nc.min(i + 1 - c0) {
+            let c = c0 + cc;
+            let col = &mut cols[cc * k..(cc + 1) * k];
+            col[i] = if i == c {
+                1.0 / li[i]
+            } else {
+                -dot(&li[c..i], &col[c..i]) / li[i]
+            };
+        }
+    }
 }
 
 /// Dot product with eight accumulators (lets the compiler vectorize without reassociating).
@@ -254,7 +328,6 @@ impl Factor {
             return Err(format!("{} weights for {rows} x {k}", w.len()));
         }
         // Rows are independent given U; tiles of rows share each streamed row of U.
-        const TILE: usize = 32;
         let arch = pulp::Arch::new();
         let mut out = vec![0f32; rows * k];
         out.par_chunks_mut(TILE * k)
@@ -279,40 +352,105 @@ impl Factor {
                 // weight still receives its updates one column at a time in column order: the
                 // result is the unblocked algorithm's, bit for bit.
                 let mut errs = vec![0f64; LAZY_COLS * nr];
-                arch.dispatch(|| {
-                    for kb in (0..k).step_by(LAZY_COLS) {
-                        let e = (kb + LAZY_COLS).min(k);
-                        for i in kb..e {
-                            let d = u[i * k + i];
-                            let err = &mut errs[(i - kb) * nr..(i - kb + 1) * nr];
-                            for r in 0..nr {
-                                let v = wt[i * nr + r];
-                                let q = round(r0 + r, v as f32);
-                                out_tile[r * k + perm[i]] = q;
-                                err[r] = (v - q as f64) / d;
-                            }
-                            let urow = &u[i * k..(i + 1) * k];
-                            for j in i + 1..e {
-                                let c = urow[j];
-                                let col = &mut wt[j * nr..(j + 1) * nr];
-                                for r in 0..nr {
-                                    col[r] -= err[r] * c;
-                                }
-                            }
-                        }
-                        for j in e..k {
-                            let col = &mut wt[j * nr..(j + 1) * nr];
-                            for (i, err) in (kb..e).zip(errs.chunks_exact(nr)) {
-                                let c = u[i * k + j];
-                                for r in 0..nr {
-                                    col[r] -= err[r] * c;
-                                }
-                            }
-                        }
-                    }
+                arch.dispatch(RoundTile {
+                    u,
+                    k,
+                    perm,
+                    round,
+                    r0,
+                    wt: &mut wt,
+                    errs: &mut errs,
+                    out_tile,
                 });
             });
         Ok(out)
+    }
+}
+
+simd_op!(RoundTile {
+    u: &'a [f64],
+    k: usize,
+    perm: &'a [usize],
+    round: &'a (dyn Fn(usize, f32) -> f32 + Sync),
+    r0: usize,
+    wt: &'a mut [f64],
+    errs: &'a mut [f64],
+    out_tile: &'a mut [f32],
+} -> () = round_tile);
+
+/// Rounds one tile of rows (`wt`: column-major, permuted columns) with lazy updates; see
+/// [`Factor::round`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn round_tile(
+    u: &[f64],
+    k: usize,
+    perm: &[usize],
+    round: &(dyn Fn(usize, f32) -> f32 + Sync),
+    r0: usize,
+    wt: &mut [f64],
+    errs: &mut [f64],
+    out_tile: &mut [f32],
+) {
+    let nr = out_tile.len() / k;
+    for kb in (0..k).step_by(LAZY_COLS) {
+        let e = (kb + LAZY_COLS).min(k);
+        for i in kb..e {
+            let d = u[i * k + i];
+            let err = &mut errs[(i - kb) * nr..(i - kb + 1) * nr];
+            for r in 0..nr {
+                let v = wt[i * nr + r];
+                let q = round(r0 + r, v as f32);
+                out_tile[r * k + perm[i]] = q;
+                err[r] = (v - q as f64) / d;
+            }
+            let urow = &u[i * k..(i + 1) * k];
+            for j in i + 1..e {
+                let c = urow[j];
+                let col = &mut wt[j * nr..(j + 1) * nr];
+                for r in 0..nr {
+                    col[r] -= err[r] * c;
+                }
+            }
+        }
+        let (errs, rest) = (&errs[..(e - kb) * nr], &mut wt[e * nr..]);
+        if nr == TILE {
+            update_after_block::<TILE>(rest, errs, u, k, kb, e);
+        } else {
+            for (j, col) in (e..k).zip(rest.chunks_exact_mut(nr)) {
+                for (i, err) in (kb..e).zip(errs.chunks_exact(nr)) {
+                    let c = u[i * k + j];
+                    for r in 0..nr {
+                        col[r] -= err[r] * c;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The lazy update of the columns after a block, for a whole tile of `N` rows: each column
+/// stays in registers while the block's errors are subtracted from it one by one, in order
+/// (the same operations as the loop for other tile heights).
+#[inline(always)]
+fn update_after_block<const N: usize>(
+    cols: &mut [f64],
+    errs: &[f64],
+    u: &[f64],
+    k: usize,
+    kb: usize,
+    e: usize,
+) {
+    for (j, col) in (e..k).zip(cols.chunks_exact_mut(N)) {
+        let mut acc = [0f64; N];
+        acc.copy_from_slice(col);
+        for (i, err) in (kb..e).zip(errs.chunks_exact(N)) {
+            let c = u[i * k + j];
+            for r in 0..N {
+                acc[r] -= err[r] * c;
+            }
+        }
+        col.copy_from_slice(&acc);
     }
 }
 
