@@ -9,9 +9,15 @@ pub struct Lut {
 
 impl Lut {
     pub fn new(grid: &Grid) -> Lut {
+        // Decode the format's codes once; the bits above its width repeat them (the search
+        // builds a table per candidate grid, so a 4-bit table should cost 16 decodes).
+        let n = grid.format().code_count();
         let mut values = [0f32; 256];
-        for (c, v) in values.iter_mut().enumerate() {
+        for (c, v) in values.iter_mut().enumerate().take(n) {
             *v = grid.decode(c as u8);
+        }
+        for c in n..256 {
+            values[c] = values[c % n];
         }
         Lut { values }
     }

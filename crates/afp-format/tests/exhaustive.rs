@@ -2,7 +2,7 @@
 //! decode-then-encode gives the code back, and encode gives the nearest level (ties to the even
 //! code) according to a brute-force search of the sorted levels.
 
-use afp_format::{Format, Grid, ZeroMode};
+use afp_format::{Format, Grid, Lut, ZeroMode};
 
 fn all_formats() -> Vec<Format> {
     let mut v = Vec::new();
@@ -194,6 +194,24 @@ fn bulk_encoding_equals_scalar_encoding() {
                     *b,
                     g.encode(*x).unwrap(),
                     "{f} {:?} t={t}: x={x:e}",
+                    f.zero_mode()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn lookup_tables_equal_decoding_for_every_byte() {
+    for f in all_formats() {
+        for t in offsets(f) {
+            let g = Grid::new(f, t).unwrap();
+            let lut = Lut::new(&g);
+            for c in 0..=255u8 {
+                assert_eq!(
+                    lut.decode(c).to_bits(),
+                    g.decode(c).to_bits(),
+                    "{f} {:?} t={t} code {c}",
                     f.zero_mode()
                 );
             }
