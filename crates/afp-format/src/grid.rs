@@ -250,8 +250,9 @@ impl Grid {
         const CHUNK: usize = 256;
         let fast = BulkEncoder::new(self);
         for (ci, (xc, oc)) in xs.chunks(CHUNK).zip(out.chunks_mut(CHUNK)).enumerate() {
-            // Finiteness is checked per chunk, off the per-value path.
-            if xc.iter().any(|x| !x.is_finite()) {
+            // Finiteness is checked per chunk, off the per-value path (without an early exit,
+            // so the check vectorizes).
+            if xc.iter().fold(false, |bad, x| bad | !x.is_finite()) {
                 let j = xc.iter().position(|x| !x.is_finite()).unwrap_or(0);
                 return Err(FormatError::NonFinite {
                     index: ci * CHUNK + j,
@@ -271,20 +272,41 @@ impl Grid {
     }
 
     /// Rounds a slice to the grid in place (bulk encoder, then a lookup table); the first
-    /// non-finite value is an error naming its index.
+    /// non-finite value is an error naming its index. See [`Rounder`] for many slices.
     pub fn quantize_slice(&self, xs: &mut [f32]) -> Result<(), FormatError> {
-        let lut = crate::Lut::new(self);
+        Rounder::new(self).round_slice(xs)
+    }
+}
+
+/// Rounds slices to one grid, with its lookup table built once (for callers that round many
+/// short slices to the same grid).
+#[derive(Debug, Clone)]
+pub struct Rounder {
+    grid: Grid,
+    lut: crate::Lut,
+}
+
+impl Rounder {
+    pub fn new(grid: &Grid) -> Rounder {
+        Rounder {
+            grid: *grid,
+            lut: crate::Lut::new(grid),
+        }
+    }
+
+    /// As [`Grid::quantize_slice`].
+    pub fn round_slice(&self, xs: &mut [f32]) -> Result<(), FormatError> {
         let mut codes = [0u8; 256];
         for (ci, chunk) in xs.chunks_mut(256).enumerate() {
             let c = &mut codes[..chunk.len()];
-            self.encode_slice(chunk, c).map_err(|e| match e {
+            self.grid.encode_slice(chunk, c).map_err(|e| match e {
                 FormatError::NonFinite { index, value } => FormatError::NonFinite {
                     index: index + ci * 256,
                     value,
                 },
                 e => e,
             })?;
-            lut.decode_slice(c, chunk);
+            self.lut.decode_slice(c, chunk);
         }
         Ok(())
     }
@@ -353,7 +375,9 @@ impl BulkEncoder {
         let lsb = ((b >> self.shift) & 1) ^ self.ties_to_odd;
         let normal = ((b + self.half_minus_one + lsb) >> self.shift).wrapping_sub(self.bias);
         let mag = if SUBNORMAL {
-            let sub = ((a * self.man_scale + R) - R) as u32;
+            // Through i32, which converts in vector registers (u32 does not before AVX-512);
+            // the lanes this value is kept for (a < 1) hold an integer in 0..=2^M.
+            let sub = ((a * self.man_scale + R) - R) as i32 as u32;
             if a < 1.0 {
                 sub
             } else {

@@ -24,7 +24,7 @@ pub mod tensor;
 
 pub use error::FormatError;
 pub use format::{Format, ZeroMode};
-pub use grid::{Container, Grid};
+pub use grid::{Container, Grid, Rounder};
 pub use lut::Lut;
 pub use offset::OffsetRule;
 pub use tensor::{Granularity, QuantizedTensor};

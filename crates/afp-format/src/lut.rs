@@ -16,8 +16,9 @@ impl Lut {
         for (c, v) in values.iter_mut().enumerate().take(n) {
             *v = grid.decode(c as u8);
         }
-        for c in n..256 {
-            values[c] = values[c % n];
+        let (first, rest) = values.split_at_mut(n);
+        for copy in rest.chunks_exact_mut(n) {
+            copy.copy_from_slice(first);
         }
         Lut { values }
     }

@@ -66,30 +66,42 @@ pub fn cover(format: Format, xs: &[f32]) -> Result<i32, FormatError> {
     Ok(cover_for(format, abs_max(xs)?))
 }
 
-/// Squared error of rounding `xs` to `grid`, in f64, summed in order. Rounds a chunk at a time
-/// with the bulk encoder (the search calls this for every candidate format and offset; the
-/// bulk path equals [`Grid::encode_finite`], tested exhaustively). A chunk holding a
-/// non-finite value goes through the scalar encoder, which gives such values some code.
+/// Squared error of rounding `xs` to `grid`, in f64, summed in order. See
+/// [`squared_errors`].
 pub fn squared_error(grid: &Grid, xs: &[f32]) -> f64 {
+    squared_errors(std::slice::from_ref(grid), xs)[0]
+}
+
+/// Squared error of rounding `xs` to each of `grids`, each summed in order in f64. Rounds
+/// 256 values at a time with the bulk encoder (the search calls this for every candidate
+/// format and offset; the bulk path equals [`Grid::encode_finite`], tested exhaustively), and
+/// adds each grid's errors for a chunk in one loop, so the grids' sums are independent chains
+/// instead of one long chain of additions each. A chunk holding a non-finite value goes
+/// through the scalar encoder, which gives such values some code.
+pub fn squared_errors(grids: &[Grid], xs: &[f32]) -> Vec<f64> {
     const CHUNK: usize = 256;
-    let lut = crate::Lut::new(grid);
+    let luts: Vec<crate::Lut> = grids.iter().map(crate::Lut::new).collect();
     let mut codes = [0u8; CHUNK];
-    let mut rounded = [0f32; CHUNK];
-    let mut sum = 0f64;
+    let mut rounded = vec![[0f32; CHUNK]; grids.len()];
+    let mut sums = vec![0f64; grids.len()];
     for chunk in xs.chunks(CHUNK) {
-        let (codes, rounded) = (&mut codes[..chunk.len()], &mut rounded[..chunk.len()]);
-        if grid.encode_slice(chunk, codes).is_err() {
-            for (c, &x) in codes.iter_mut().zip(chunk) {
-                *c = grid.encode_finite(x);
+        let codes = &mut codes[..chunk.len()];
+        for ((grid, lut), rounded) in grids.iter().zip(&luts).zip(rounded.iter_mut()) {
+            if grid.encode_slice(chunk, codes).is_err() {
+                for (c, &x) in codes.iter_mut().zip(chunk) {
+                    *c = grid.encode_finite(x);
+                }
+            }
+            lut.decode_slice(codes, &mut rounded[..chunk.len()]);
+        }
+        for (i, &x) in chunk.iter().enumerate() {
+            for (sum, rounded) in sums.iter_mut().zip(&rounded) {
+                let d = (x - rounded[i]) as f64;
+                *sum += d * d;
             }
         }
-        lut.decode_slice(codes, rounded);
-        for (&x, &q) in chunk.iter().zip(rounded.iter()) {
-            let d = (x - q) as f64;
-            sum += d * d;
-        }
     }
-    sum
+    sums
 }
 
 /// The offset at or up to [`MSE_CANDIDATES_BELOW`] below `cover` with the least squared error;
@@ -97,9 +109,13 @@ pub fn squared_error(grid: &Grid, xs: &[f32]) -> f64 {
 pub fn mse(format: Format, xs: &[f32]) -> Result<i32, FormatError> {
     let top = cover(format, xs)?;
     let (lo, _) = format.offset_range();
+    let offsets = (top - MSE_CANDIDATES_BELOW).max(lo)..=top;
+    let grids = offsets
+        .clone()
+        .map(|t| Grid::new(format, t))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut best = (f64::INFINITY, top);
-    for t in (top - MSE_CANDIDATES_BELOW).max(lo)..=top {
-        let err = squared_error(&Grid::new(format, t)?, xs);
+    for (t, err) in offsets.zip(squared_errors(&grids, xs)) {
         if err <= best.0 {
             best = (err, t);
         }
@@ -185,6 +201,13 @@ mod tests {
                     "{f} t={t}"
                 );
             }
+        }
+        let grids: Vec<Grid> = (-3..=2)
+            .map(|t| Grid::new(Format::signed(2, 2).unwrap(), t).unwrap())
+            .collect();
+        let together = squared_errors(&grids, &xs);
+        for (g, e) in grids.iter().zip(&together) {
+            assert_eq!(e.to_bits(), scalar(g, &xs).to_bits(), "t={}", g.offset());
         }
         xs[700] = f32::NAN;
         let g = Grid::new(Format::signed(2, 2).unwrap(), 0).unwrap();

@@ -367,9 +367,13 @@ pub fn activation_candidates(
     for f in formats {
         let top = offset::cover_for(f, absmax);
         let (lo, _) = f.offset_range();
-        for t in (top - 6).max(lo)..=top {
-            let g = Grid::new(f, t).map_err(|e| e.to_string())?;
-            let err = offset::squared_error(&g, &stats.sample);
+        let offsets = (top - 6).max(lo)..=top;
+        let grids = offsets
+            .clone()
+            .map(|t| Grid::new(f, t))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        for (t, err) in offsets.zip(offset::squared_errors(&grids, &stats.sample)) {
             let rel = if signal > 0.0 { err / signal } else { 0.0 };
             let nf = NumFormat::afp(f);
             let score = rel + penalty * hw_cost(&nf);

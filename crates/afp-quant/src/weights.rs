@@ -6,7 +6,7 @@ use crate::plan::{NumFormat, WeightPlan};
 use afp_engine::ir::{Graph, Node, Op};
 use afp_format::offset::OffsetRule;
 use afp_format::tensor::{GroupLayout, QuantizedTensor};
-use afp_format::{Granularity, Grid, Lut};
+use afp_format::{Granularity, Grid, Lut, Rounder};
 
 /// A layer's weights seen as `[channels, reduction]`, row-major.
 #[derive(Debug, Clone)]
@@ -209,39 +209,47 @@ pub fn with_real_scales(
         return Ok((p, decoded));
     };
     let layout = plan_layout(&p, w.channels, w.reduction)?;
+    let candidates: Vec<f32> = (-REAL_SCALE_STEPS..=REAL_SCALE_STEPS)
+        .map(|j| 2f32.powf(j as f32 / REAL_SCALE_STEPS as f32))
+        .collect();
     let mut scales = Vec::with_capacity(p.offsets.len());
     let mut out = decoded;
+    // Per candidate, a chunk of the group rounded on its scaled grid.
+    const CHUNK: usize = 128;
+    let mut rounded = vec![[0f32; CHUNK]; candidates.len()];
     for (gi, &t) in p.offsets.iter().enumerate() {
         let r = layout.group_range(gi);
-        let grid = Grid::new(f, t).map_err(|e| e.to_string())?;
+        let rounder = Rounder::new(&Grid::new(f, t).map_err(|e| e.to_string())?);
         let x = &w.data[r.clone()];
-        let mut buf = vec![0f32; x.len()];
-        // The group rounded on the grid scaled by `s` (bulk encoder), into `buf`.
-        let rounded = |s: f32, buf: &mut [f32]| -> Result<(), String> {
-            buf.iter_mut().zip(x).for_each(|(b, &v)| *b = v / s);
-            grid.quantize_slice(buf).map_err(|e| e.to_string())?;
+        // `v / s` rounded on the grid, times `s` (bulk encoder).
+        let round_scaled = |s: f32, xs: &[f32], buf: &mut [f32]| -> Result<(), String> {
+            buf.iter_mut().zip(xs).for_each(|(b, &v)| *b = v / s);
+            rounder.round_slice(buf).map_err(|e| e.to_string())?;
             buf.iter_mut().for_each(|b| *b *= s);
             Ok(())
         };
-        let sq_err = |buf: &[f32]| -> f64 {
-            buf.iter()
-                .zip(x)
-                .map(|(&q, &v)| ((q - v) as f64).powi(2))
-                .sum()
-        };
+        // Each candidate's squared error, summed in order; the candidates' sums advance
+        // together a chunk at a time (independent chains of additions).
+        let mut errs = vec![0f64; candidates.len()];
+        for xc in x.chunks(CHUNK) {
+            for (&s, buf) in candidates.iter().zip(rounded.iter_mut()) {
+                round_scaled(s, xc, &mut buf[..xc.len()])?;
+            }
+            for (i, &v) in xc.iter().enumerate() {
+                for (e, buf) in errs.iter_mut().zip(&rounded) {
+                    *e += ((buf[i] - v) as f64).powi(2);
+                }
+            }
+        }
         let mut best = (f64::INFINITY, 1.0f32);
-        for j in -REAL_SCALE_STEPS..=REAL_SCALE_STEPS {
-            let s = 2f32.powf(j as f32 / REAL_SCALE_STEPS as f32);
-            rounded(s, &mut buf)?;
-            let e = sq_err(&buf);
+        for (j, (&s, &e)) in (-REAL_SCALE_STEPS..).zip(candidates.iter().zip(&errs)) {
             // On a tie the plain offset (j = 0) wins.
             if e < best.0 || (e == best.0 && j == 0) {
                 best = (e, s);
             }
         }
         let s = best.1;
-        rounded(s, &mut buf)?;
-        out[r].copy_from_slice(&buf);
+        round_scaled(s, x, &mut out[r])?;
         scales.push(s);
     }
     Ok((WeightPlan { scales, ..p }, out))
