@@ -164,6 +164,13 @@ impl Session {
         inputs: &[&[f32]],
         observe: &mut (dyn FnMut(usize, &Node, &[f32]) + Send),
     ) -> Result<Vec<Vec<f32>>> {
+        self.set_inputs(inputs)?;
+        self.run_nodes_observed(0..self.graph.nodes.len(), observe)?;
+        Ok(self.outputs())
+    }
+
+    /// Copies one f32 tensor per graph input into its buffer (the first step of a run).
+    pub fn set_inputs(&mut self, inputs: &[&[f32]]) -> Result<()> {
         if inputs.len() != self.graph.inputs.len() {
             return Err(EngineError::Graph(format!(
                 "{} inputs given, the model has {}",
@@ -187,25 +194,67 @@ impl Session {
             let s = self.slot_of[id].expect("inputs have slots");
             self.slots[s][..inputs[k].len()].copy_from_slice(inputs[k]);
         }
+        Ok(())
+    }
+
+    /// Runs the nodes `nodes` in schedule order. The inputs and the nodes before them must
+    /// have run, in this session or in the one [`Session::copy_buffers_from`] copied: a run
+    /// can stop after any node and go on from there.
+    pub fn run_nodes(&mut self, nodes: std::ops::Range<usize>) -> Result<()> {
+        self.run_nodes_observed(nodes, &mut |_, _, _| {})
+    }
+
+    fn run_nodes_observed(
+        &mut self,
+        nodes: std::ops::Range<usize>,
+        observe: &mut (dyn FnMut(usize, &Node, &[f32]) + Send),
+    ) -> Result<()> {
+        if nodes.end > self.graph.nodes.len() {
+            return Err(EngineError::Graph(format!(
+                "nodes up to {} asked, the graph has {}",
+                nodes.end,
+                self.graph.nodes.len()
+            )));
+        }
         let pool = self.pool.clone();
-        let result = pool.install(|| -> Result<()> {
-            for k in 0..self.graph.nodes.len() {
+        pool.install(|| -> Result<()> {
+            for k in nodes {
                 self.run_node(k)?;
                 let n = &self.graph.nodes[k];
                 observe(k, n, self.data(n.output));
             }
             Ok(())
-        });
-        result?;
-        Ok(self
-            .graph
+        })
+    }
+
+    /// The graph outputs, after a run's last node.
+    pub fn outputs(&self) -> Vec<Vec<f32>> {
+        self.graph
             .outputs
             .iter()
             .map(|&o| {
                 let s = self.slot_of[o].expect("outputs have slots");
                 self.slots[s][..self.graph.values[o].numel()].to_vec()
             })
-            .collect())
+            .collect()
+    }
+
+    /// Makes this session's buffers those of `other`, a session over a graph with the same
+    /// nodes and shapes (so the same buffer plan), to go on from where `other` stopped. The
+    /// graphs' constants may differ.
+    pub fn copy_buffers_from(&mut self, other: &Session) -> Result<()> {
+        if self.slot_of != other.slot_of
+            || self.lens != other.lens
+            || self.codes_at != other.codes_at
+        {
+            return Err(EngineError::Graph(
+                "the two sessions' graphs do not have the same buffers".into(),
+            ));
+        }
+        for (mine, theirs) in self.slots.iter_mut().zip(&other.slots) {
+            mine.clone_from(theirs);
+        }
+        Ok(())
     }
 
     fn data(&self, v: ValueId) -> &[f32] {
