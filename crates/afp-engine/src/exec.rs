@@ -22,6 +22,9 @@ pub struct Session {
     codes_at: Vec<Option<usize>>,
     scratch: Vec<f32>,
     qscratch: afp_kernels::QScratch,
+    /// Per node: a 3x3 convolution's weights transformed for Winograd's F(2x2, 3x3), made
+    /// once (see [`afp_kernels::WinogradWeights`]).
+    winograd: Vec<Option<afp_kernels::WinogradWeights>>,
 }
 
 /// The f32 elements each value's buffer holds: its element count, or for the output of a
@@ -101,6 +104,20 @@ fn plan(g: &Graph, lens: &[usize]) -> (usize, Vec<Option<usize>>, Vec<usize>) {
     (sizes.len(), slot_of, sizes)
 }
 
+/// Node `k`'s weights transformed for Winograd's F(2x2, 3x3) when it is a convolution that
+/// takes it, with constant f32 weights.
+fn winograd_weights(g: &Graph, k: usize) -> Option<afp_kernels::WinogradWeights> {
+    let n = &g.nodes[k];
+    let (conv, w) = match &n.op {
+        Op::Conv { conv, .. } => (conv, *n.inputs.get(1)?),
+        Op::ConvAdd { conv, .. } => (conv, *n.inputs.get(2)?),
+        _ => return None,
+    };
+    let xs = &g.values[n.inputs[0]].shape;
+    let data = g.values[w].konst.as_ref()?.as_f32()?;
+    conv.winograd_weights(*xs.get(2)?, *xs.get(3)?, data)
+}
+
 impl Session {
     pub fn new(graph: Graph, threads: usize) -> Result<Session> {
         let pool = rayon::ThreadPoolBuilder::new()
@@ -110,7 +127,11 @@ impl Session {
         let (lens, codes_at) = buffer_lens(&graph);
         let (_, slot_of, sizes) = plan(&graph, &lens);
         let slots = sizes.iter().map(|&s| vec![0f32; s]).collect();
+        let winograd = (0..graph.nodes.len())
+            .map(|k| winograd_weights(&graph, k))
+            .collect();
         Ok(Session {
+            winograd,
             graph,
             pool: std::sync::Arc::new(pool),
             slots,
@@ -137,7 +158,13 @@ impl Session {
             .ok_or_else(|| EngineError::Graph(format!("no value {id}")))?;
         match v.konst.as_mut().map(|c| &mut c.data) {
             Some(crate::tensor::ConstData::F32(old)) if old.len() == data.len() => {
-                Ok(std::mem::replace(old, data))
+                let old = std::mem::replace(old, data);
+                for k in 0..self.graph.nodes.len() {
+                    if self.graph.nodes[k].inputs.contains(&id) {
+                        self.winograd[k] = winograd_weights(&self.graph, k);
+                    }
+                }
+                Ok(old)
             }
             _ => Err(EngineError::Graph(format!(
                 "value {:?} is not an f32 constant of {} elements",
@@ -289,7 +316,7 @@ impl Session {
         let mut scratch = std::mem::take(&mut self.scratch);
         let mut qscratch = std::mem::take(&mut self.qscratch);
         let n_out = self.lens[node.output];
-        let res = self.compute(node, &mut out[..n_out], &mut scratch, &mut qscratch);
+        let res = self.compute(k, node, &mut out[..n_out], &mut scratch, &mut qscratch);
         self.slots[s_out] = out;
         self.scratch = scratch;
         self.qscratch = qscratch;
@@ -298,6 +325,7 @@ impl Session {
 
     fn compute(
         &self,
+        k: usize,
         node: &Node,
         out: &mut [f32],
         scratch: &mut Vec<f32>,
@@ -309,6 +337,27 @@ impl Session {
         let xs = shape(x);
         let osh = shape(node.output);
         match &node.op {
+            Op::Conv { conv, act } | Op::ConvAdd { conv, act } if self.winograd[k].is_some() => {
+                // Conv: x, w, bias; Conv+Add: x, residual, w, bias.
+                let (bias_at, residual) = match node.op {
+                    Op::ConvAdd { .. } => (3, Some(self.data(node.inputs[1]))),
+                    _ => (2, None),
+                };
+                let bias = node.inputs.get(bias_at).map(|&b| self.data(b));
+                let ww = self.winograd[k].as_ref().expect("checked");
+                conv.run_add_winograd(
+                    xs[0],
+                    xs[2],
+                    xs[3],
+                    self.data(x),
+                    ww,
+                    bias,
+                    residual,
+                    *act,
+                    out,
+                    scratch,
+                );
+            }
             Op::Conv { conv, act } => {
                 let bias = node.inputs.get(2).map(|&b| self.data(b));
                 conv.run(

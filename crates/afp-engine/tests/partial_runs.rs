@@ -56,3 +56,121 @@ fn a_run_continued_in_another_session_equals_a_whole_run() {
     // Nodes past the end are an error, not a panic.
     assert!(s.run_nodes(0..n + 1).is_err());
 }
+
+/// A 64 -> 64 3x3 convolution on 16x16 (a layer Winograd's F(2x2, 3x3) takes) followed by
+/// a Relu, as an ONNX model.
+fn conv3x3_model(weight: &[f32]) -> afp_onnx::ModelProto {
+    use afp_onnx::onnx::tensor_shape_proto::{dimension, Dimension};
+    use afp_onnx::onnx::type_proto;
+    use afp_onnx::*;
+    let vi = |name: &str, dims: &[i64]| ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: Some(DataType::Float as i32),
+                shape: Some(TensorShapeProto {
+                    dim: dims
+                        .iter()
+                        .map(|&d| Dimension {
+                            value: Some(dimension::Value::DimValue(d)),
+                            ..Default::default()
+                        })
+                        .collect(),
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let ints = |name: &str, v: &[i64]| AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(AttributeType::Ints as i32),
+        ints: v.to_vec(),
+        ..Default::default()
+    };
+    let conv = NodeProto {
+        input: vec!["x".into(), "w".into()],
+        output: vec!["y".into()],
+        name: Some("conv".into()),
+        op_type: Some("Conv".into()),
+        attribute: vec![ints("kernel_shape", &[3, 3]), ints("pads", &[1, 1, 1, 1])],
+        ..Default::default()
+    };
+    let relu = NodeProto {
+        input: vec!["y".into()],
+        output: vec!["z".into()],
+        name: Some("relu".into()),
+        op_type: Some("Relu".into()),
+        ..Default::default()
+    };
+    ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(13),
+        }],
+        graph: Some(GraphProto {
+            name: Some("g".into()),
+            node: vec![conv, relu],
+            initializer: vec![f32_tensor("w", &[64, 64, 3, 3], weight)],
+            input: vec![vi("x", &[1, 64, 16, 16])],
+            output: vec![vi("z", &[1, 64, 16, 16])],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Swapping a constant re-derives what the session made from it: a 3x3 layer's Winograd
+/// weights are transformed again, so the swapped session equals a session built with the new
+/// weights, and swapping back restores the first output.
+#[test]
+fn swapping_weights_redoes_their_winograd_transform() {
+    let w1: Vec<f32> = (0..64 * 64 * 9)
+        .map(|i| ((i * 7919) % 101) as f32 / 400.0 - 0.12)
+        .collect();
+    let w2: Vec<f32> = w1.iter().map(|v| -0.5 * v + 0.01).collect();
+    let x: Vec<f32> = (0..64 * 16 * 16)
+        .map(|i| ((i * 31) % 17) as f32 / 8.0 - 1.0)
+        .collect();
+    let session = |w: &[f32]| {
+        let g = Model::from_proto(conv3x3_model(w))
+            .unwrap()
+            .lower(1)
+            .unwrap();
+        Session::new(g, 2).unwrap()
+    };
+    let mut s = session(&w1);
+    let first = s.run(&[&x]).unwrap();
+    let want = session(&w2).run(&[&x]).unwrap();
+    assert_ne!(first, want);
+    let wid = s.graph().nodes[0].inputs[1];
+    let old = s.swap_const(wid, w2.clone()).unwrap();
+    assert_eq!(s.run(&[&x]).unwrap(), want);
+    s.swap_const(wid, old).unwrap();
+    assert_eq!(s.run(&[&x]).unwrap(), first);
+    // The convolution matches the direct sum (the layer did go through the transform when
+    // the machine has AVX2; either way the result is the convolution's).
+    let mut worst = 0f32;
+    for o in 0..64 {
+        for y in 0..16 {
+            for xx in 0..16 {
+                let mut acc = 0f64;
+                for c in 0..64 {
+                    for ky in 0..3 {
+                        for kx in 0..3 {
+                            let (iy, ix) = (y + ky, xx + kx);
+                            if (1..=16).contains(&iy) && (1..=16).contains(&ix) {
+                                acc += x[(c * 16 + iy - 1) * 16 + ix - 1] as f64
+                                    * w1[((o * 64 + c) * 3 + ky) * 3 + kx] as f64;
+                            }
+                        }
+                    }
+                }
+                let at = (o * 16 + y) * 16 + xx;
+                worst = worst.max((first[0][at] - (acc as f32).max(0.0)).abs());
+            }
+        }
+    }
+    assert!(worst < 2e-5, "max error {worst:e}");
+}

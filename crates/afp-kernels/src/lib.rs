@@ -27,6 +27,7 @@ pub mod qconv;
 pub mod qgemm;
 mod sgemm;
 mod tap_rows;
+mod winograd;
 
 pub use activation::Activation;
 pub use conv::Conv2d;
@@ -34,6 +35,7 @@ pub use lookup::{CodedWeights, LookupConv, LookupGemm};
 pub use matmul::{gemm, GemmBias};
 pub use pool::{global_avg_pool, Pool2d};
 pub use qconv::{quads_f32_len, quads_fit, ActEncoder, QConv, QGemm, QScratch};
+pub use winograd::WinogradWeights;
 
 #[doc(hidden)]
 pub use matmul::{matmul, threads_for, MatLayout};
