@@ -87,7 +87,14 @@ pub fn model_path(model: Option<&Path>, card: Option<&Card>) -> Result<PathBuf> 
 }
 
 pub fn load_model(path: &Path) -> Result<afp_engine::Model> {
-    afp_engine::Model::load(path).with_context(|| format!("loading model {}", path.display()))
+    use afp_onnx::OnnxError as E;
+    afp_engine::Model::load(path).map_err(|e| match e {
+        // Errors reading the file name it already.
+        afp_engine::EngineError::Onnx(
+            E::Io { .. } | E::Decode { .. } | E::NotAModel { .. } | E::ExternalData { .. },
+        ) => anyhow::Error::new(e),
+        e => anyhow::Error::new(e).context(format!("loading model {}", path.display())),
+    })
 }
 
 pub fn default_threads() -> usize {

@@ -197,6 +197,8 @@ fn bad_input_is_a_clear_error() {
         .unwrap_err()
         .to_string();
     assert_eq!(err.matches(&reason).count(), 1, "{err}");
+    // ... and the file once.
+    assert_eq!(err.matches("/nonexistent/model.onnx").count(), 1, "{err}");
     // A file that is not ONNX.
     let card = s(assets().join("models/resnet8_cifar10.json"));
     let out = afpq(&["inspect", &card]);
