@@ -141,6 +141,9 @@ fn bench(c: &mut Criterion) {
             .map(|i| ((i % 7) as f32 - 3.0) * 0.01)
             .collect();
         let bias: Vec<f32> = (0..s.c_out).map(|i| i as f32 * 0.001).collect();
+        // As the engine runs it: a 3x3 layer Winograd's F(2x2, 3x3) takes with its weights
+        // transformed once.
+        let winograd = conv.winograd_weights(s.hw, s.hw, &weight);
         for n in [1usize, 8] {
             let input: Vec<f32> = (0..n * s.c_in * s.hw * s.hw)
                 .map(|i| ((i % 13) as f32 - 6.0) * 0.1)
@@ -152,17 +155,31 @@ fn bench(c: &mut Criterion) {
             group.bench_with_input(BenchmarkId::new(s.name, format!("n{n}")), &n, |b, &n| {
                 pool.install(|| {
                     b.iter(|| {
-                        conv.run(
-                            n,
-                            s.hw,
-                            s.hw,
-                            black_box(&input),
-                            &weight,
-                            Some(&bias),
-                            s.act,
-                            &mut out,
-                            &mut scratch,
-                        );
+                        match &winograd {
+                            Some(ww) => conv.run_add_winograd(
+                                n,
+                                s.hw,
+                                s.hw,
+                                black_box(&input),
+                                ww,
+                                Some(&bias),
+                                None,
+                                s.act,
+                                &mut out,
+                                &mut scratch,
+                            ),
+                            None => conv.run(
+                                n,
+                                s.hw,
+                                s.hw,
+                                black_box(&input),
+                                &weight,
+                                Some(&bias),
+                                s.act,
+                                &mut out,
+                                &mut scratch,
+                            ),
+                        }
                         black_box(&out);
                     })
                 })

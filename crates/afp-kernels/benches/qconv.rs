@@ -32,13 +32,7 @@ fn bench(c: &mut Criterion) {
     for shape in r50::SHAPES {
         let name = shape.0;
         let layer = r50::Layer::new(shape);
-        let r50::Layer {
-            conv,
-            weight,
-            bias,
-            q,
-            hw,
-        } = &layer;
+        let r50::Layer { q, hw, .. } = &layer;
         let hw = *hw;
         for n in [1usize, 8] {
             let input = layer.input(n);
@@ -52,17 +46,7 @@ fn bench(c: &mut Criterion) {
                 |b, &n| {
                     pool.install(|| {
                         b.iter(|| {
-                            conv.run(
-                                n,
-                                hw,
-                                hw,
-                                black_box(&input),
-                                weight,
-                                Some(bias),
-                                Activation::Relu,
-                                &mut out,
-                                &mut scratch,
-                            );
+                            layer.run_fp32(n, black_box(&input), &mut out, &mut scratch);
                             black_box(&out);
                         })
                     })

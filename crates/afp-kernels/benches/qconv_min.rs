@@ -10,7 +10,7 @@
 
 use std::time::Instant;
 
-use afp_kernels::{Activation, QScratch};
+use afp_kernels::QScratch;
 
 #[path = "shared/r50.rs"]
 mod r50;
@@ -60,17 +60,7 @@ fn main() {
             pool.install(|| {
                 for _ in 0..rounds {
                     let t = Instant::now();
-                    layer.conv.run(
-                        n,
-                        hw,
-                        hw,
-                        &input,
-                        &layer.weight,
-                        Some(&layer.bias),
-                        Activation::Relu,
-                        &mut out,
-                        &mut scratch,
-                    );
+                    layer.run_fp32(n, &input, &mut out, &mut scratch);
                     tf.push(t.elapsed().as_secs_f64());
                     let t = Instant::now();
                     layer.q.run(n, hw, hw, &input, &mut out, &mut qs);

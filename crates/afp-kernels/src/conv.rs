@@ -245,17 +245,6 @@ impl Conv2d {
             return depthwise::run(self, n, h, w, input, weight, bias, act, out);
         }
 
-        if let Lhs::F32(wf, l) = weight {
-            if l.cs == 1
-                && l.rs == kk
-                && crate::winograd::applies(self, h, w)
-                && sgemm::avx2_available()
-            {
-                return crate::winograd::run(
-                    self, n, h, w, input, wf, bias, residual, act, out, scratch,
-                );
-            }
-        }
         if crate::pointwise::handles(self, n, ohw, act, &weight) {
             return crate::pointwise::run(
                 n, self.c_out, kk, ohw, &weight, input, bias, residual, act, out,

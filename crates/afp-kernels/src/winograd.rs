@@ -126,37 +126,10 @@ impl Conv2d {
         if scratch.len() < need {
             scratch.resize(need, 0.0);
         }
-        run_transformed(
+        run(
             self, n, h, w, input, &weights.u, bias, residual, act, out, scratch,
         );
     }
-}
-
-/// The convolution of `n` images `[n, c_in, h, w]` into `[n, c_out, h, w]`, adding `bias`,
-/// then `residual`, then `act` (the order of the GEMM epilogue). `scratch` holds the
-/// transformed weights and tiles between calls.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn run(
-    c: &Conv2d,
-    n: usize,
-    h: usize,
-    w: usize,
-    input: &[f32],
-    weight: &[f32],
-    bias: Option<&[f32]>,
-    residual: Option<&[f32]>,
-    act: Activation,
-    out: &mut [f32],
-    scratch: &mut Vec<f32>,
-) {
-    let u_len = 16 * c.c_out * c.c_in;
-    let need = u_len + workspace_len(c, n, h, w);
-    if scratch.len() < need {
-        scratch.resize(need, 0.0);
-    }
-    let (u, rest) = scratch.split_at_mut(u_len);
-    transform_weights(weight, c.c_out, c.c_in, u);
-    run_transformed(c, n, h, w, input, u, bias, residual, act, out, rest);
 }
 
 /// Images transformed together, and the f32 elements of their `V` and `M`.
@@ -172,9 +145,11 @@ fn workspace_len(c: &Conv2d, n: usize, h: usize, w: usize) -> usize {
     v + m
 }
 
-/// [`run`] with the weights transformed (`u`: `[16][c_out][c_in]`).
+/// The convolution of `n` images `[n, c_in, h, w]` into `[n, c_out, h, w]` with the weights
+/// transformed (`u`: `[16][c_out][c_in]`), adding `bias`, then `residual`, then `act` (the
+/// order of the GEMM epilogue). `workspace` holds the transformed tiles.
 #[allow(clippy::too_many_arguments)]
-fn run_transformed(
+fn run(
     c: &Conv2d,
     n: usize,
     h: usize,
@@ -434,20 +409,41 @@ mod tests {
                 max: 5.0,
             };
             let mut got = vec![0f32; n * co * h * w];
-            let mut scratch = Vec::new();
+            let mut u = vec![0f32; 16 * co * ci];
+            transform_weights(&wt, co, ci, &mut u);
+            let mut workspace = vec![0f32; workspace_len(&c, n, h, w)];
             run(
                 &c,
                 n,
                 h,
                 w,
                 &x,
-                &wt,
+                &u,
                 Some(&b),
                 Some(&r),
                 act,
                 &mut got,
-                &mut scratch,
+                &mut workspace,
             );
+            // The public path (weights transformed once, where the machine runs it) is the
+            // same computation.
+            if let Some(ww) = c.winograd_weights(h, w, &wt) {
+                let mut again = vec![0f32; got.len()];
+                let mut scratch = Vec::new();
+                c.run_add_winograd(
+                    n,
+                    h,
+                    w,
+                    &x,
+                    &ww,
+                    Some(&b),
+                    Some(&r),
+                    act,
+                    &mut again,
+                    &mut scratch,
+                );
+                assert_eq!(again, got);
+            }
             let mut worst = 0f64;
             for img in 0..n {
                 for o in 0..co {

@@ -4,7 +4,7 @@
 // Each benchmark uses part of this module.
 #![allow(dead_code)]
 
-use afp_kernels::{ActEncoder, Activation, Conv2d, QConv};
+use afp_kernels::{ActEncoder, Activation, Conv2d, QConv, WinogradWeights};
 
 /// (name, c_in, c_out, hw, k, stride, pad)
 pub const SHAPES: &[(&str, usize, usize, usize, usize, usize, usize)] = &[
@@ -28,6 +28,9 @@ pub fn encoder() -> ActEncoder {
 pub struct Layer {
     pub conv: Conv2d,
     pub weight: Vec<f32>,
+    /// The weights transformed once for Winograd's F(2x2, 3x3) where the engine would
+    /// (see [`Layer::run_fp32`]).
+    pub winograd: Option<WinogradWeights>,
     pub bias: Vec<f32>,
     pub q: QConv,
     pub hw: usize,
@@ -62,11 +65,44 @@ impl Layer {
         )
         .unwrap();
         Layer {
+            winograd: conv.winograd_weights(hw, hw, &weight),
             conv,
             weight,
             bias,
             q,
             hw,
+        }
+    }
+
+    /// The FP32 convolution of `n` images with bias and Relu, as the engine runs it: 3x3
+    /// layers that Winograd's F(2x2, 3x3) takes with their weights transformed once, the
+    /// others through `Conv2d::run`.
+    pub fn run_fp32(&self, n: usize, input: &[f32], out: &mut [f32], scratch: &mut Vec<f32>) {
+        let (hw, act) = (self.hw, Activation::Relu);
+        match &self.winograd {
+            Some(ww) => self.conv.run_add_winograd(
+                n,
+                hw,
+                hw,
+                input,
+                ww,
+                Some(&self.bias),
+                None,
+                act,
+                out,
+                scratch,
+            ),
+            None => self.conv.run(
+                n,
+                hw,
+                hw,
+                input,
+                &self.weight,
+                Some(&self.bias),
+                act,
+                out,
+                scratch,
+            ),
         }
     }
 
