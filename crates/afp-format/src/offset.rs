@@ -104,18 +104,27 @@ pub fn squared_errors(grids: &[Grid], xs: &[f32]) -> Vec<f64> {
     sums
 }
 
+/// `(t, squared error of xs on format's grid at offset t)` for each offset of `offsets`
+/// (see [`squared_errors`]).
+pub fn errors_by_offset(
+    format: Format,
+    offsets: std::ops::RangeInclusive<i32>,
+    xs: &[f32],
+) -> Result<Vec<(i32, f64)>, FormatError> {
+    let grids = offsets
+        .clone()
+        .map(|t| Grid::new(format, t))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(offsets.zip(squared_errors(&grids, xs)).collect())
+}
+
 /// The offset at or up to [`MSE_CANDIDATES_BELOW`] below `cover` with the least squared error;
 /// ties go to the larger offset (less clipping).
 pub fn mse(format: Format, xs: &[f32]) -> Result<i32, FormatError> {
     let top = cover(format, xs)?;
     let (lo, _) = format.offset_range();
-    let offsets = (top - MSE_CANDIDATES_BELOW).max(lo)..=top;
-    let grids = offsets
-        .clone()
-        .map(|t| Grid::new(format, t))
-        .collect::<Result<Vec<_>, _>>()?;
     let mut best = (f64::INFINITY, top);
-    for (t, err) in offsets.zip(squared_errors(&grids, xs)) {
+    for (t, err) in errors_by_offset(format, (top - MSE_CANDIDATES_BELOW).max(lo)..=top, xs)? {
         if err <= best.0 {
             best = (err, t);
         }

@@ -94,7 +94,7 @@ const TILE: usize = 32;
 /// gives `H⁻¹ = (J L⁻¹ J)ᵀ (J L⁻¹ J)`, so `U = J L⁻¹ J`: one factorization and one
 /// triangular inverse, no explicit inverse of `H`. Both are blocked (a `k = 4608` matrix is
 /// 170 MB: unblocked, every step would stream it from memory), and their loops run inside
-/// pulp's widest-ISA wrapper (see [`Vectorized`]).
+/// pulp's widest-ISA wrapper (see `simd_op!`).
 fn inverse_factor(h: &[f64], k: usize) -> Result<Vec<f64>, String> {
     let arch = pulp::Arch::new();
     // Reversed copy; only the lower triangle is used.
@@ -261,11 +261,10 @@ fn update_trailing_rows(rows: &mut [f64], panel: &[f64], k: usize, w: usize, e: 
 /// use the entries the earlier rows have just produced).
 #[inline(always)]
 fn invert_columns(l: &[f64], k: usize, c0: usize, cols: &mut [f64]) {
-    let nc = cols.len() / k;
     let row = |i: usize| &l[i * k..(i + 1) * k];
     for i0 in (c0..k).step_by(GROUP) {
         let i1 = (i0 + GROUP).min(k);
-        for (cc, col) in cols.chunks_exact_mut(k).enumerate().take(nc) {
+        for (cc, col) in cols.chunks_exact_mut(k).enumerate() {
             let c = c0 + cc;
             if c < i0 && i1 - i0 == GROUP {
                 // Whole chunks of 8 up to the first row's: the same for every row of the group.
@@ -278,7 +277,7 @@ fn invert_columns(l: &[f64], k: usize, c0: usize, cols: &mut [f64]) {
                     let li = row(i);
                     let whole = c + (i - c) / 8 * 8;
                     accumulate(
-                        std::slice::from_mut(acc).try_into().unwrap(),
+                        std::array::from_mut(acc),
                         [&li[shared..whole]],
                         &col[shared..whole],
                     );

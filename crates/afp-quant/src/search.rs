@@ -4,7 +4,7 @@ use crate::calib::InputStats;
 use crate::plan::{ActPlan, NumFormat, WeightPlan};
 use crate::weights::{self, WeightView};
 use afp_format::offset::{self, OffsetRule};
-use afp_format::{Format, Granularity, Grid, ZeroMode};
+use afp_format::{Format, Granularity, ZeroMode};
 use std::str::FromStr;
 
 /// A family of formats compared through the same pipeline.
@@ -367,13 +367,9 @@ pub fn activation_candidates(
     for f in formats {
         let top = offset::cover_for(f, absmax);
         let (lo, _) = f.offset_range();
-        let offsets = (top - 6).max(lo)..=top;
-        let grids = offsets
-            .clone()
-            .map(|t| Grid::new(f, t))
-            .collect::<Result<Vec<_>, _>>()
+        let errors = offset::errors_by_offset(f, (top - 6).max(lo)..=top, &stats.sample)
             .map_err(|e| e.to_string())?;
-        for (t, err) in offsets.zip(offset::squared_errors(&grids, &stats.sample)) {
+        for (t, err) in errors {
             let rel = if signal > 0.0 { err / signal } else { 0.0 };
             let nf = NumFormat::afp(f);
             let score = rel + penalty * hw_cost(&nf);
