@@ -148,7 +148,11 @@ pub(crate) fn run(
     let tiles = pixels.div_ceil(COLS);
     let threads = rayon::current_num_threads().max(1);
     let by_cache = (tiles * COLS * k * 4).div_ceil(BLOCK_BYTES);
-    let blocks = by_cache.max((2 * threads).div_ceil(n)).clamp(1, tiles);
+    // (Rounded up to a multiple of the threads: an odd block out idles a thread at the end.)
+    let blocks = by_cache
+        .max((2 * threads).div_ceil(n))
+        .next_multiple_of(threads)
+        .clamp(1, tiles);
     let bounds = |b: usize| ((b * tiles / blocks) * COLS).min(pixels);
     let outp = OutPtr(out.as_mut_ptr());
     (0..n * blocks).into_par_iter().for_each(|t| {

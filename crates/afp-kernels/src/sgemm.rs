@@ -487,8 +487,13 @@ fn run_problem(p: &Problem, m: usize, n: usize, out: OutPtr, threads: usize) {
     // one packs all of B again, so those are fewer.
     let split_n = tn >= tm || tn >= 4 * threads;
     let (tiles, unit, len) = if split_n { (tn, NR, n) } else { (tm, MR, m) };
+    // A whole number of parts per thread: with threads running at one speed, an odd part
+    // out (13 for a 56x56 plane) leaves a thread idle for its length at the end.
     let parts = if split_n {
-        tiles.div_ceil(NC / NR).max(4 * threads)
+        tiles
+            .div_ceil(NC / NR)
+            .max(4 * threads)
+            .next_multiple_of(threads)
     } else {
         2 * threads
     }
