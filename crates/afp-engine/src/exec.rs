@@ -244,13 +244,20 @@ impl Session {
             )));
         }
         let pool = self.pool.clone();
+        let helpers = pool.current_num_threads().saturating_sub(1);
         pool.install(|| -> Result<()> {
-            for k in nodes {
-                self.run_node(k)?;
-                let n = &self.graph.nodes[k];
-                observe(k, n, self.data(n.output));
+            let run = || -> Result<()> {
+                for k in nodes {
+                    self.run_node(k)?;
+                    let n = &self.graph.nodes[k];
+                    observe(k, n, self.data(n.output));
+                }
+                Ok(())
+            };
+            if helpers == 0 {
+                return run();
             }
-            Ok(())
+            keep_helpers_awake(helpers, run)
         })
     }
 
@@ -598,4 +605,42 @@ pub fn check_runtime_types(g: &Graph) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Runs `f` on this pool thread while the pool's `helpers` other threads look for work
+/// without going to sleep (as ONNX Runtime's pool spins): between two parallel kernels the
+/// graph thread runs alone long enough for an idle rayon worker to go to sleep, and the
+/// next kernel then waits for it to wake. Measured at batch 1 on 2 threads: 1 to 2% off
+/// ResNet-50 and MobileNet-v2 (docs/BENCHMARKS.md, session 14).
+fn keep_helpers_awake<R: Send>(helpers: usize, f: impl FnOnce() -> R + Send) -> R {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    /// Ends the helpers' loops however `f` ends (a panic included: the scope waits for them).
+    struct Release<'a>(&'a AtomicBool);
+    impl Drop for Release<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Release);
+        }
+    }
+    let done = AtomicBool::new(false);
+    let started = AtomicUsize::new(0);
+    rayon::scope(|s| {
+        for _ in 0..helpers {
+            s.spawn(|_| {
+                started.fetch_add(1, Ordering::AcqRel);
+                while !done.load(Ordering::Acquire) {
+                    if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                        std::hint::spin_loop();
+                    }
+                }
+            });
+        }
+        // The spinning jobs were pushed onto this thread's own queue: wait (without taking
+        // jobs) until other threads have taken them all, so this thread never runs one (it
+        // would spin until `f`, below it on the same stack, finished).
+        while started.load(Ordering::Acquire) < helpers {
+            std::hint::spin_loop();
+        }
+        let _release = Release(&done);
+        f()
+    })
 }
