@@ -485,7 +485,11 @@ fn run_problem(p: &Problem, m: usize, n: usize, out: OutPtr, threads: usize) {
     // the whole product. Along columns each rectangle packs its own columns of B (no
     // extra packing while a rectangle is at most one NC panel wide); along rows each
     // one packs all of B again, so those are fewer.
-    let split_n = tn >= tm || tn >= 4 * threads;
+    // A product of a plane of 256 pixels or fewer with at least twice as many output rows
+    // as columns (ResNet-50's 256 -> 1024 at 14x14) splits along rows: along columns, each
+    // part would read all of the weights for a strip or two of columns.
+    let few_columns = n <= 256 && m >= 2 * n;
+    let split_n = tn >= tm || (tn >= 4 * threads && !few_columns);
     let (tiles, unit, len) = if split_n { (tn, NR, n) } else { (tm, MR, m) };
     // A whole number of parts per thread: with threads running at one speed, an odd part
     // out (13 for a 56x56 plane) leaves a thread idle for its length at the end.
