@@ -216,14 +216,13 @@ fn check_lhs(a: Lhs, m: usize, k: usize) {
 struct Problem<'a> {
     a: Lhs<'a>,
     b: BSrc<'a>,
-    /// Output strides (`cs == 1` for the vector store path).
+    /// Output row stride (columns are contiguous).
     c_rs: usize,
-    c_cs: usize,
     k: usize,
     alpha: f32,
     accumulate: bool,
     bias: Bias<'a>,
-    /// Laid out as the output (`c_rs`, `c_cs`); bounds checked at entry.
+    /// Laid out as the output (row stride `c_rs`); bounds checked at entry.
     residual: Option<&'a [f32]>,
     lo: f32,
     hi: f32,
@@ -328,7 +327,6 @@ fn gemm_fused_avx2(
         a,
         b: BSrc::Mat(b, b_l),
         c_rs: ldc,
-        c_cs: 1,
         k,
         alpha: epi.alpha,
         accumulate: epi.accumulate,
@@ -384,7 +382,6 @@ pub(crate) fn conv_gemm_fused(
         a,
         b: BSrc::Conv(src),
         c_rs: n,
-        c_cs: 1,
         k,
         alpha: epi.alpha,
         accumulate: epi.accumulate,
@@ -794,7 +791,6 @@ unsafe fn narrow_tile(kc: usize, a: ASrc, cols: &[f32], p: &Problem, out: OutPtr
     };
     let whole = kc / 8 * 8;
     let load_c = !t.first || p.accumulate;
-    let c = out.0;
     for j in 0..t.nr {
         let col = &cols[j * kc..][..kc];
         let mut acc = [_mm256_setzero_ps(); MR];
@@ -815,7 +811,8 @@ unsafe fn narrow_tile(kc: usize, a: ASrc, cols: &[f32], p: &Problem, out: OutPtr
             }
             let (gi, gj) = (t.i0 + i, t.j0 + j);
             // SAFETY: gi < m, gj < n: inside the checked output (function contract).
-            let dst = unsafe { &mut *c.add(gi * p.c_rs + gj * p.c_cs) };
+            let dst = unsafe { &mut *out.0.add(gi * p.c_rs + gj) };
+            // The order of `kernel_6x16`'s epilogue: alpha, C, bias, residual, clamp.
             let mut v = if p.alpha != 1.0 { sum * p.alpha } else { sum };
             if load_c {
                 v += *dst;
@@ -827,7 +824,7 @@ unsafe fn narrow_tile(kc: usize, a: ASrc, cols: &[f32], p: &Problem, out: OutPtr
                     Bias::Col(bv) => v += bv[gj],
                 }
                 if let Some(res) = p.residual {
-                    v += res[gi * p.c_rs + gj * p.c_cs];
+                    v += res[gi * p.c_rs + gj];
                 }
                 v = v.max(p.lo).min(p.hi);
             }
@@ -865,8 +862,8 @@ struct Tile {
 /// # Safety
 /// * AVX2 and FMA must be available (checked by the caller).
 /// * `out` must point to the output slice of `gemm_fused_avx2`, whose bounds
-///   were checked for the whole `m x n` product with strides
-///   `(p.c_rs, p.c_cs)`; the tile writes only elements `(i0 + i, j0 + j)`
+///   were checked for the whole `m x n` product with row stride
+///   `p.c_rs`; the tile writes only elements `(i0 + i, j0 + j)`
 ///   with `i < mr`, `j < nr`, and `i0 + mr <= m`, `j0 + nr <= n` by
 ///   construction in `region`, so every access is in bounds. Distinct
 ///   `(i, j)` are distinct elements (the strides were checked not to make
@@ -914,8 +911,8 @@ unsafe fn kernel_6x16<const PACKED: bool, const NV: usize>(
             // The residual's rows lie an output row apart: ask for them now, so they arrive
             // while the tile is computed.
             for i in 0..t.mr {
-                let row = (t.i0 + i) * p.c_rs + t.j0 * p.c_cs;
-                for j in [0, (t.nr - 1) * p.c_cs] {
+                let row = (t.i0 + i) * p.c_rs + t.j0;
+                for j in [0, t.nr - 1] {
                     if let Some(x) = res.get(row + j) {
                         _mm_prefetch((x as *const f32).cast::<i8>(), _MM_HINT_T0);
                     }
@@ -958,116 +955,81 @@ unsafe fn kernel_6x16<const PACKED: bool, const NV: usize>(
     }
     let load_c = !t.first || p.accumulate;
     let c = out.0;
-    if p.c_cs == 1 {
-        // Rows of the tile are contiguous: whole vectors, with lane masks for a partial
-        // last strip (a masked-off lane is neither read nor written), so narrow layers
-        // (16 or 24 output rows, 49-pixel planes) do not fall to the element loop.
-        let (lo, hi) = (_mm256_set1_ps(p.lo), _mm256_set1_ps(p.hi));
-        let full = t.nr == NR;
-        // Lane masks of a partial strip (unused for a whole one): lane j of each half is
-        // enabled iff its column is < nr.
-        let mask = |from: usize| {
-            let m = &LANE_MASKS[from..][..8];
-            // SAFETY: 8 i32 from an 8-element slice.
-            unsafe { _mm256_loadu_si256(m.as_ptr() as *const __m256i) }
-        };
-        let (m0, m1) = if full {
-            (_mm256_setzero_si256(), _mm256_setzero_si256())
-        } else {
-            (mask(NR - t.nr), mask(NR + 8 - t.nr))
-        };
-        // SAFETY (all loads and stores below): row i0+i < m for i < mr; the enabled
-        // lanes are columns j0..j0+nr <= n with unit stride, inside the checked output
-        // (function contract); the residual has the output's layout and span, and the
-        // column bias has n elements.
-        // (A second half with no enabled lane is not addressed at all.)
-        let load = |ptr: *const f32, half: usize| unsafe {
-            match (full, half) {
-                (true, _) => _mm256_loadu_ps(ptr.add(8 * half)),
-                (false, 0) => _mm256_maskload_ps(ptr, m0),
-                (false, _) if t.nr > 8 => _mm256_maskload_ps(ptr.add(8), m1),
-                (false, _) => _mm256_setzero_ps(),
-            }
-        };
-        let col_bias = match (t.last, p.bias) {
-            (true, Bias::Col(bv)) => {
-                let bv = &bv[t.j0..t.j0 + t.nr];
-                Some((load(bv.as_ptr(), 0), load(bv.as_ptr(), 1)))
-            }
-            _ => None,
-        };
-        for (i, r) in acc.iter().enumerate().take(t.mr) {
-            let (mut v0, mut v1) = (r[0], r[1]);
-            // SAFETY: see above.
-            let row = unsafe { c.add((t.i0 + i) * p.c_rs + t.j0) };
-            if load_c {
-                v0 = _mm256_add_ps(v0, load(row, 0));
-                v1 = _mm256_add_ps(v1, load(row, 1));
-            }
-            if t.last {
-                if let Bias::Row(bv) = p.bias {
-                    let bb = _mm256_set1_ps(bv[t.i0 + i]);
-                    v0 = _mm256_add_ps(v0, bb);
-                    v1 = _mm256_add_ps(v1, bb);
-                }
-                if let Some((b0, b1)) = col_bias {
-                    v0 = _mm256_add_ps(v0, b0);
-                    v1 = _mm256_add_ps(v1, b1);
-                }
-                if let Some(res) = p.residual {
-                    // SAFETY: see above.
-                    let rp = unsafe { res.as_ptr().add((t.i0 + i) * p.c_rs + t.j0) };
-                    v0 = _mm256_add_ps(v0, load(rp, 0));
-                    v1 = _mm256_add_ps(v1, load(rp, 1));
-                }
-                v0 = _mm256_min_ps(_mm256_max_ps(v0, lo), hi);
-                v1 = _mm256_min_ps(_mm256_max_ps(v1, lo), hi);
-            }
-            // SAFETY: see above.
-            unsafe {
-                if full {
-                    _mm256_storeu_ps(row, v0);
-                    _mm256_storeu_ps(row.add(8), v1);
-                } else {
-                    _mm256_maskstore_ps(row, m0, v0);
-                    if t.nr > 8 {
-                        _mm256_maskstore_ps(row.add(8), m1, v1);
-                    }
-                }
-            }
+    // Rows of the tile are contiguous: whole vectors, with lane masks for a partial
+    // last strip (a masked-off lane is neither read nor written), so narrow layers
+    // (16 or 24 output rows, 49-pixel planes) do not fall to the element loop.
+    let (lo, hi) = (_mm256_set1_ps(p.lo), _mm256_set1_ps(p.hi));
+    let full = t.nr == NR;
+    // Lane masks of a partial strip (unused for a whole one): lane j of each half is
+    // enabled iff its column is < nr.
+    let mask = |from: usize| {
+        let m = &LANE_MASKS[from..][..8];
+        // SAFETY: 8 i32 from an 8-element slice.
+        unsafe { _mm256_loadu_si256(m.as_ptr() as *const __m256i) }
+    };
+    let (m0, m1) = if full {
+        (_mm256_setzero_si256(), _mm256_setzero_si256())
+    } else {
+        (mask(NR - t.nr), mask(NR + 8 - t.nr))
+    };
+    // SAFETY (all loads and stores below): row i0+i < m for i < mr; the enabled
+    // lanes are columns j0..j0+nr <= n with unit stride, inside the checked output
+    // (function contract); the residual has the output's layout and span, and the
+    // column bias has n elements.
+    // (A second half with no enabled lane is not addressed at all.)
+    let load = |ptr: *const f32, half: usize| unsafe {
+        match (full, half) {
+            (true, _) => _mm256_loadu_ps(ptr.add(8 * half)),
+            (false, 0) => _mm256_maskload_ps(ptr, m0),
+            (false, _) if t.nr > 8 => _mm256_maskload_ps(ptr.add(8), m1),
+            (false, _) => _mm256_setzero_ps(),
         }
-        return;
-    }
-    // Strided output columns: through a buffer, element by element.
-    let mut tmp = [0.0f32; MR * NR];
-    for (i, r) in acc.iter().enumerate() {
-        // SAFETY: tmp has MR*NR elements; row i covers i*NR..i*NR+16.
+    };
+    let col_bias = match (t.last, p.bias) {
+        (true, Bias::Col(bv)) => {
+            let bv = &bv[t.j0..t.j0 + t.nr];
+            Some((load(bv.as_ptr(), 0), load(bv.as_ptr(), 1)))
+        }
+        _ => None,
+    };
+    for (i, r) in acc.iter().enumerate().take(t.mr) {
+        let (mut v0, mut v1) = (r[0], r[1]);
+        // SAFETY: see above.
+        let row = unsafe { c.add((t.i0 + i) * p.c_rs + t.j0) };
+        if load_c {
+            v0 = _mm256_add_ps(v0, load(row, 0));
+            v1 = _mm256_add_ps(v1, load(row, 1));
+        }
+        if t.last {
+            if let Bias::Row(bv) = p.bias {
+                let bb = _mm256_set1_ps(bv[t.i0 + i]);
+                v0 = _mm256_add_ps(v0, bb);
+                v1 = _mm256_add_ps(v1, bb);
+            }
+            if let Some((b0, b1)) = col_bias {
+                v0 = _mm256_add_ps(v0, b0);
+                v1 = _mm256_add_ps(v1, b1);
+            }
+            if let Some(res) = p.residual {
+                // SAFETY: see above.
+                let rp = unsafe { res.as_ptr().add((t.i0 + i) * p.c_rs + t.j0) };
+                v0 = _mm256_add_ps(v0, load(rp, 0));
+                v1 = _mm256_add_ps(v1, load(rp, 1));
+            }
+            v0 = _mm256_min_ps(_mm256_max_ps(v0, lo), hi);
+            v1 = _mm256_min_ps(_mm256_max_ps(v1, lo), hi);
+        }
+        // SAFETY: see above.
         unsafe {
-            _mm256_storeu_ps(tmp.as_mut_ptr().add(i * NR), r[0]);
-            _mm256_storeu_ps(tmp.as_mut_ptr().add(i * NR + 8), r[1]);
-        }
-    }
-    for i in 0..t.mr {
-        for j in 0..t.nr {
-            let (gi, gj) = (t.i0 + i, t.j0 + j);
-            // SAFETY: gi < m, gj < n: inside the checked output.
-            let dst = unsafe { &mut *c.add(gi * p.c_rs + gj * p.c_cs) };
-            let mut v = tmp[i * NR + j];
-            if load_c {
-                v += *dst;
-            }
-            if t.last {
-                v += match p.bias {
-                    Bias::None => 0.0,
-                    Bias::Row(bv) => bv[gi],
-                    Bias::Col(bv) => bv[gj],
-                };
-                if let Some(res) = p.residual {
-                    v += res[gi * p.c_rs + gj * p.c_cs];
+            if full {
+                _mm256_storeu_ps(row, v0);
+                _mm256_storeu_ps(row.add(8), v1);
+            } else {
+                _mm256_maskstore_ps(row, m0, v0);
+                if t.nr > 8 {
+                    _mm256_maskstore_ps(row.add(8), m1, v1);
                 }
-                v = v.max(p.lo).min(p.hi);
             }
-            *dst = v;
         }
     }
 }
