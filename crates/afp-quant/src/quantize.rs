@@ -133,6 +133,8 @@ pub struct ProxyPoint {
 pub struct PlanDiagnostics {
     /// The relative output energy of the noise that measured the sensitivities.
     pub noise_level: Option<f64>,
+    /// Images the sensitivities were measured on (set by the caller that chose them).
+    pub sensitivity_images: Option<usize>,
     pub proxy_check: Vec<ProxyPoint>,
     /// Spearman rank correlation of predicted and measured KL over `proxy_check`.
     pub proxy_rank_correlation: Option<f64>,

@@ -89,18 +89,22 @@ pub struct QuantArgs {
     /// weight objective) or sensitivity (exact knapsack on the predicted network cost: each
     /// layer's relative output error at each width, rounded as --rounding says, times the KL
     /// per unit of output error measured by injecting noise into that layer; one forward pass
-    /// of 8 calibration images per layer).
+    /// of --sensitivity-images calibration images per layer).
     #[arg(long, default_value = "weight-error")]
     pub allocate: String,
     /// With --allocate sensitivity: quantize N (layer, width) pairs alone and compare the
-    /// predicted KL with the KL measured on 8 other calibration images (report: rank
-    /// correlation).
+    /// predicted KL with the KL measured on as many other calibration images as
+    /// --sensitivity-images (report: rank correlation).
     #[arg(long, default_value_t = 0)]
     pub check_proxy: usize,
     /// With --allocate sensitivity: calibration images each noise measurement runs on (the
-    /// proxy check uses as many others).
-    #[arg(long, default_value_t = 8)]
-    pub sensitivity_images: usize,
+    /// proxy check uses as many others) [default: 32, fewer for models of more than 1 GMAC
+    /// per image, so the measurement costs about as much as 32 images of a 1-GMAC model:
+    /// ResNet-50 gets 8]. EfficientNet-Lite0's 5.7-bit plans varied by a point between
+    /// calibration sets with 8 images and met a 0.6-point drop on all six tried with 32
+    /// (docs/ACCURACY.md, session 14).
+    #[arg(long)]
+    pub sensitivity_images: Option<usize>,
     /// What each layer input's format and offset minimize: mse (squared error of the input
     /// values) or output (squared error of the layer's output on sampled input vectors).
     #[arg(long, default_value = "mse")]
@@ -258,9 +262,22 @@ impl QuantArgs {
             "gptq_damp": (self.rounding == "gptq").then_some(self.gptq_damp),
             "allocate": w.avg_bits.is_some().then_some(&self.allocate),
             "act_objective": (self.acts != "none").then_some(&self.act_objective),
-            "sensitivity_images": (w.avg_bits.is_some() && self.allocate == "sensitivity").then_some(self.sensitivity_images),
+            "sensitivity_images": (w.avg_bits.is_some() && self.allocate == "sensitivity").then_some(self.sensitivity_images.map_or(json!("auto"), |n| json!(n))),
         })
     }
+}
+
+/// Images for the sensitivity measurement when `--sensitivity-images` is not given: 32, or
+/// as many as cost about the same as 32 images of a 1-GMAC model (at least 8). `g` is
+/// lowered for `batch` images.
+fn default_sensitivity_images(g: &afp_engine::Graph, batch: usize) -> usize {
+    let macs: u64 = g.nodes.iter().map(|n| g.node_macs(n)).sum();
+    sensitivity_images_for(macs as f64 / batch.max(1) as f64)
+}
+
+/// [`default_sensitivity_images`] for a model of `macs_per_image` multiply-adds per image.
+fn sensitivity_images_for(macs_per_image: f64) -> usize {
+    ((32.0 * 1e9 / macs_per_image.max(1.0)).floor() as usize).clamp(8, 32)
 }
 
 /// Calibrates and plans `model` (read from `model_path`). Returns the plan and codes (not
@@ -311,7 +328,10 @@ pub fn make_plan(
     }
     let mut cal = afp_quant::calib::Calibrator::new(&g, &layers, opts.needs_hessians());
     // The first calibration images: sensitivity measurement and its check.
-    let probe_n = q.sensitivity_images.clamp(1, 64);
+    let probe_n = q
+        .sensitivity_images
+        .unwrap_or_else(|| default_sensitivity_images(&g, batch))
+        .clamp(1, 64);
     let mut probe_x: Vec<f32> = Vec::new();
     let t_cal = std::time::Instant::now();
     let mut session = afp_engine::Session::new(g.clone(), threads)?;
@@ -381,6 +401,7 @@ pub fn make_plan(
         .map_err(anyhow::Error::msg)?;
     sp.finish_and_clear();
     diag.calibration_seconds = Some(calibration_seconds);
+    diag.sensitivity_images = probe.is_some().then_some(probe_n);
     let totals = afp_quant::totals(&lp);
     let plan = Plan {
         afpq_plan_version: afp_quant::plan::PLAN_VERSION,
@@ -484,7 +505,7 @@ pub fn run(a: &Args) -> Result<()> {
     if a.out.json {
         println!(
             "{}",
-            json!({"plan": a.output.display().to_string(), "report": report_path.display().to_string(), "totals": t, "file": sizes, "seconds": seconds, "calibration_images": plan.calibration.len(), "search_evaluations": evals, "search_space": space, "allocation": {"proxy_rank_correlation": diag.proxy_rank_correlation, "noise_level": diag.noise_level, "calibration_seconds": diag.calibration_seconds, "candidate_gptq_seconds": diag.candidate_gptq_seconds, "output_error_seconds": diag.output_error_seconds, "sensitivity_seconds": diag.sensitivity_seconds}})
+            json!({"plan": a.output.display().to_string(), "report": report_path.display().to_string(), "totals": t, "file": sizes, "seconds": seconds, "calibration_images": plan.calibration.len(), "search_evaluations": evals, "search_space": space, "allocation": {"sensitivity_images": diag.sensitivity_images, "proxy_rank_correlation": diag.proxy_rank_correlation, "noise_level": diag.noise_level, "calibration_seconds": diag.calibration_seconds, "candidate_gptq_seconds": diag.candidate_gptq_seconds, "output_error_seconds": diag.output_error_seconds, "sensitivity_seconds": diag.sensitivity_seconds}})
         );
     } else {
         println!(
@@ -508,8 +529,9 @@ pub fn run(a: &Args) -> Result<()> {
         );
         if let Some(t) = diag.sensitivity_seconds {
             println!(
-                "sensitivity allocation: noise at {:.2e} relative output energy; seconds: calibration {:.1}, GPTQ of every width {:.1}, output errors {:.1}, forward passes {t:.1}",
+                "sensitivity allocation: noise at {:.2e} relative output energy, measured on {} images; seconds: calibration {:.1}, GPTQ of every width {:.1}, output errors {:.1}, forward passes {t:.1}",
                 diag.noise_level.unwrap_or(0.0),
+                diag.sensitivity_images.unwrap_or(0),
                 diag.calibration_seconds.unwrap_or(0.0),
                 diag.candidate_gptq_seconds.unwrap_or(0.0),
                 diag.output_error_seconds.unwrap_or(0.0),
@@ -532,4 +554,22 @@ pub fn run(a: &Args) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// 32 images up to 1 GMAC per image (EfficientNet-Lite0, MobileNet-v2, ResNet-8), then
+    /// fewer, never below 8 (ResNet-50's 4.1 GMAC).
+    #[test]
+    fn sensitivity_images_follow_the_model_cost() {
+        let f = super::sensitivity_images_for;
+        assert_eq!(f(12.5e6), 32);
+        assert_eq!(f(0.39e9), 32);
+        assert_eq!(f(1e9), 32);
+        assert_eq!(f(2e9), 16);
+        assert_eq!(f(3e9), 10);
+        assert_eq!(f(4.09e9), 8);
+        assert_eq!(f(20e9), 8);
+        assert_eq!(f(0.0), 32);
+    }
 }

@@ -183,6 +183,9 @@ fn sensitivity_allocation_meets_the_budget_and_predicts_the_kl() {
         "6",
         "--check-proxy",
         "12",
+        // 8 of the 32 calibration images, so the check runs on 8 others.
+        "--sensitivity-images",
+        "8",
         "--quiet",
         "--json",
     ]);
