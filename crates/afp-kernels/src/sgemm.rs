@@ -579,6 +579,27 @@ fn region(
                 // left to right, a few long streams rather than many short.
                 for ir in (0..mc).step_by(MR) {
                     let mr = MR.min(mc - ir);
+                    // Weights read in place are six row streams no hardware prefetcher
+                    // follows: ask for the next strip's rows (into L2) while this strip is
+                    // computed. At batch 1, where a strip serves few columns, this took 4%
+                    // off ResNet-50 and MobileNet-v2 (docs/BENCHMARKS.md, session 14).
+                    #[cfg(target_arch = "x86_64")]
+                    if let Some((a, lda)) = in_place {
+                        let r0 = ic + ir + MR;
+                        for r in r0..(r0 + MR).min(ic + mc) {
+                            let row = &a[r * lda + pc..][..kc];
+                            for q in (0..kc).step_by(16) {
+                                // SAFETY: a prefetch is a hint that never faults, and the
+                                // address is inside `row` (q < kc).
+                                unsafe {
+                                    std::arch::x86_64::_mm_prefetch(
+                                        row.as_ptr().add(q).cast::<i8>(),
+                                        std::arch::x86_64::_MM_HINT_T1,
+                                    )
+                                };
+                            }
+                        }
+                    }
                     for jr in (0..nc).step_by(NR) {
                         let nr = NR.min(nc - jr);
                         let bstrip = &bbuf[jr * kc..][..kc * NR];
