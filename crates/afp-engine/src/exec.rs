@@ -104,15 +104,28 @@ fn plan(g: &Graph, lens: &[usize]) -> (usize, Vec<Option<usize>>, Vec<usize>) {
     (sizes.len(), slot_of, sizes)
 }
 
+/// An FP32 convolution node's inputs: `(weight, bias, residual)`. Conv takes x, weight and
+/// an optional bias; Conv+Add x, the residual, weight and an optional bias.
+fn conv_inputs(n: &Node) -> Option<(ValueId, Option<ValueId>, Option<ValueId>)> {
+    match n.op {
+        Op::Conv { .. } => Some((*n.inputs.get(1)?, n.inputs.get(2).copied(), None)),
+        Op::ConvAdd { .. } => Some((
+            *n.inputs.get(2)?,
+            n.inputs.get(3).copied(),
+            Some(*n.inputs.get(1)?),
+        )),
+        _ => None,
+    }
+}
+
 /// Node `k`'s weights transformed for Winograd's F(2x2, 3x3) when it is a convolution that
 /// takes it, with constant f32 weights.
 fn winograd_weights(g: &Graph, k: usize) -> Option<afp_kernels::WinogradWeights> {
     let n = &g.nodes[k];
-    let (conv, w) = match &n.op {
-        Op::Conv { conv, .. } => (conv, *n.inputs.get(1)?),
-        Op::ConvAdd { conv, .. } => (conv, *n.inputs.get(2)?),
-        _ => return None,
+    let (Op::Conv { conv, .. } | Op::ConvAdd { conv, .. }) = &n.op else {
+        return None;
     };
+    let (w, _, _) = conv_inputs(n)?;
     let xs = &g.values[n.inputs[0]].shape;
     let data = g.values[w].konst.as_ref()?.as_f32()?;
     conv.winograd_weights(*xs.get(2)?, *xs.get(3)?, data)
@@ -344,55 +357,29 @@ impl Session {
         let xs = shape(x);
         let osh = shape(node.output);
         match &node.op {
-            Op::Conv { conv, act } | Op::ConvAdd { conv, act } if self.winograd[k].is_some() => {
-                // Conv: x, w, bias; Conv+Add: x, residual, w, bias.
-                let (bias_at, residual) = match node.op {
-                    Op::ConvAdd { .. } => (3, Some(self.data(node.inputs[1]))),
-                    _ => (2, None),
-                };
-                let bias = node.inputs.get(bias_at).map(|&b| self.data(b));
-                let ww = self.winograd[k].as_ref().expect("checked");
-                conv.run_add_winograd(
-                    xs[0],
-                    xs[2],
-                    xs[3],
-                    self.data(x),
-                    ww,
-                    bias,
-                    residual,
-                    *act,
-                    out,
-                    scratch,
-                );
-            }
-            Op::Conv { conv, act } => {
-                let bias = node.inputs.get(2).map(|&b| self.data(b));
-                conv.run(
-                    xs[0],
-                    xs[2],
-                    xs[3],
-                    self.data(x),
-                    self.data(node.inputs[1]),
-                    bias,
-                    *act,
-                    out,
-                    scratch,
-                );
-            }
-            Op::ConvAdd { conv, act } => {
-                let bias = node.inputs.get(3).map(|&b| self.data(b));
-                conv.run_add(
-                    xs[0],
-                    xs[2],
-                    xs[3],
-                    self.data(x),
-                    self.data(node.inputs[2]),
-                    bias,
-                    Some(self.data(node.inputs[1])),
-                    *act,
-                    out,
-                    scratch,
-                );
+            Op::Conv { conv, act } | Op::ConvAdd { conv, act } => {
+                let (w, bias, residual) = conv_inputs(node).ok_or_else(|| {
+                    EngineError::Graph(format!("{}: convolution inputs missing", node.name))
+                })?;
+                let bias = bias.map(|b| self.data(b));
+                let residual = residual.map(|r| self.data(r));
+                let (n, h, wd, input) = (xs[0], xs[2], xs[3], self.data(x));
+                match &self.winograd[k] {
+                    Some(ww) => conv
+                        .run_add_winograd(n, h, wd, input, ww, bias, residual, *act, out, scratch),
+                    None => conv.run_add(
+                        n,
+                        h,
+                        wd,
+                        input,
+                        self.data(w),
+                        bias,
+                        residual,
+                        *act,
+                        out,
+                        scratch,
+                    ),
+                }
             }
             Op::Gemm {
                 trans_a,
