@@ -162,9 +162,10 @@ impl WithSimd for Plane<'_> {
 }
 
 /// Writes input row `src` into `dst` (`s` phases of `plen`, zeros already in
-/// the padding): padded column `t = pl + x` goes to `dst[(t % s) * plen + t / s]`.
+/// the padding): padded column `t = pl + x` goes to `dst[(t % s) * plen + t / s]`. (Also
+/// the even / odd split of Winograd's input rows.)
 #[inline(always)]
-fn deinterleave(src: &[f32], dst: &mut [f32], s: usize, pl: usize, plen: usize) {
+pub(crate) fn deinterleave(src: &[f32], dst: &mut [f32], s: usize, pl: usize, plen: usize) {
     if s == 1 {
         dst[pl..pl + src.len()].copy_from_slice(src);
         return;

@@ -240,36 +240,28 @@ fn transform_input(
     let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
     let plen = tw + 1;
     let rows = 2 * th + 2;
-    let (eo, u) = buf.split_at_mut(2 * rows * plen);
-    let (e, o) = eo.split_at_mut(rows * plen);
-    // Row r + 1 of `e` / `o` holds input row r's columns 2j - 1 / 2j; rows 0 and past h are
-    // the zero padding.
-    e[..plen].fill(0.0);
-    o[..plen].fill(0.0);
-    e[(h + 1) * plen..].fill(0.0);
-    o[(h + 1) * plen..].fill(0.0);
-    let pairs = w / 2;
+    // Padded row r (input row r - 1; rows 0 and past h are the zero padding) at
+    // `padded[r * rl..]`: its even padded columns (input columns 2j - 1), then its odd ones
+    // (input columns 2j), `plen` each.
+    let rl = 2 * plen;
+    let (padded, u) = buf.split_at_mut(rows * rl);
+    padded[..rl].fill(0.0);
+    padded[(h + 1) * rl..].fill(0.0);
     for (y, row) in plane.chunks_exact(w).enumerate() {
-        let er = &mut e[(y + 1) * plen..(y + 2) * plen];
-        let or = &mut o[(y + 1) * plen..(y + 2) * plen];
-        er[0] = 0.0;
-        for ((pair, ev), ov) in row.chunks_exact(2).zip(&mut er[1..]).zip(or.iter_mut()) {
-            *ov = pair[0];
-            *ev = pair[1];
+        let dst = &mut padded[(y + 1) * rl..][..rl];
+        // Padded column t = x + 1 goes to dst[(t % 2) * plen + t / 2]; t = 0 and t > w are
+        // the padding, written here because `buf` is reused from channel to channel.
+        crate::depthwise::deinterleave(row, dst, 2, 1, plen);
+        dst[0] = 0.0;
+        for t in w + 1..rl {
+            dst[(t % 2) * plen + t / 2] = 0.0;
         }
-        if w % 2 == 1 {
-            or[pairs] = row[w - 1];
-            or[pairs + 1..].fill(0.0);
-        } else {
-            or[pairs..].fill(0.0);
-        }
-        er[pairs + 1..].fill(0.0);
     }
     let (ue, uo) = u.split_at_mut(4 * plen);
     for ty in 0..th {
         // Bᵀ down the tile's 4 rows, for the even and the odd columns.
-        for (src, dst) in [(&*e, &mut *ue), (&*o, &mut *uo)] {
-            let r = |i: usize| &src[(2 * ty + i) * plen..][..plen];
+        for (phase, dst) in [(0, &mut *ue), (1, &mut *uo)] {
+            let r = |i: usize| &padded[(2 * ty + i) * rl + phase * plen..][..plen];
             let (r0, r1, r2, r3) = (r(0), r(1), r(2), r(3));
             let (d0, rest) = dst.split_at_mut(plen);
             let (d1, rest) = rest.split_at_mut(plen);
