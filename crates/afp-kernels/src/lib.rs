@@ -8,7 +8,7 @@
 //!
 //! Every `unsafe` block states its soundness argument: the call into the
 //! `gemm` crate ([`matmul`](crate::matmul), the portable GEMM path), the
-//! AVX2+FMA GEMM micro-kernel (`sgemm`, bounds asserted before raw-pointer
+//! AVX2+FMA and AVX-512 GEMM micro-kernels (`sgemm`, bounds asserted before raw-pointer
 //! access; output tiles of different threads are disjoint), the AVX2
 //! depthwise row kernel (`depthwise`), the AVX-512 1x1 convolution tiles (`pointwise`),
 //! and the integer kernels (`qgemm`,

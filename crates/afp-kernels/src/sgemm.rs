@@ -1,5 +1,5 @@
-//! Packed SGEMM with a hand-written AVX2+FMA 6x16 micro-kernel and a fused
-//! epilogue (`alpha`, accumulate, per-row or per-column bias, ReLU / Clip).
+//! Packed SGEMM with hand-written micro-kernels (AVX2+FMA 6x16, AVX-512 6x32) and a
+//! fused epilogue (`alpha`, accumulate, per-row or per-column bias, ReLU / Clip).
 //!
 //! BLIS-style blocking: for each `NC`-column panel and `KC`-deep slice of
 //! the product, `B` is packed into `NR`-wide strips and `A` (in `MC`-row
@@ -9,7 +9,8 @@
 //! activation) runs on the register tile after the last `KC` slice, so the
 //! output is written once per slice and never re-read for the epilogue.
 //!
-//! The AVX2 path is chosen at run time (`is_x86_feature_detected!`); other
+//! The AVX2 path is chosen at run time (`is_x86_feature_detected!`), with the AVX-512
+//! kernel where the CPU has AVX-512F (the same bits: [`Isa`]); other
 //! machines use the portable path: the `gemm` crate through
 //! [`matmul`](crate::matmul::matmul) followed by a separate epilogue pass.
 
@@ -98,6 +99,29 @@ pub(crate) fn avx2_available() -> bool {
     }
 }
 
+/// Which micro-kernels a product runs on (both give the same bits: every output is one
+/// FMA chain over the depth in order, then the same epilogue).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Isa {
+    /// 6x16 tiles in two 8-lane vectors per row.
+    Avx2,
+    /// 6x32 tiles (two adjacent packed strips) in two 16-lane vectors per row: machines
+    /// with two 512-bit FMA units (Intel Xeon since Skylake-SP) do twice the AVX2 work per
+    /// cycle (Zen 4 runs a 512-bit FMA as two 256-bit halves: little to gain there).
+    Avx512,
+}
+
+impl Isa {
+    /// The widest kernels this machine runs. Callers have checked [`avx2_available`].
+    pub(crate) fn best() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx512f") {
+            return Isa::Avx512;
+        }
+        Isa::Avx2
+    }
+}
+
 /// `c[m x n]` (row-major, row stride `ldc`) `= epi(a * b)`, `a` `m x k` and
 /// `b` `k x n` with arbitrary strides. `threads > 1` splits the output over
 /// the current rayon pool. Panics if an operand is too short.
@@ -118,7 +142,7 @@ pub(crate) fn gemm_fused(
     // tile would be mostly padding and packing would cost as much as the
     // arithmetic.
     if avx2_available() && m >= MR && n >= NR / 2 {
-        return gemm_fused_avx2(m, n, k, a, b, b_l, c, ldc, epi, threads);
+        return gemm_fused_simd(Isa::best(), m, n, k, a, b, b_l, c, ldc, epi, threads);
     }
     match a {
         Lhs::F32(a, a_l) => gemm_fused_portable(m, n, k, a, a_l, b, b_l, c, ldc, epi, threads),
@@ -214,6 +238,7 @@ fn check_lhs(a: Lhs, m: usize, k: usize) {
 /// Shared description of one product.
 #[derive(Clone, Copy)]
 struct Problem<'a> {
+    isa: Isa,
     a: Lhs<'a>,
     b: BSrc<'a>,
     /// Output row stride (columns are contiguous).
@@ -232,7 +257,7 @@ struct Problem<'a> {
 #[derive(Clone, Copy)]
 pub(crate) struct OutPtr(pub(crate) *mut f32);
 // SAFETY: the pointer is only used to write disjoint parts of the output from different
-// threads (sub-rectangles in `gemm_fused_avx2`, column ranges in `pointwise::run`), while
+// threads (sub-rectangles in `gemm_fused_simd`, column ranges in `pointwise::run`), while
 // the caller's exclusive borrow of the output slice is held.
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
@@ -258,7 +283,8 @@ thread_local! {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn gemm_fused_avx2(
+fn gemm_fused_simd(
+    isa: Isa,
     m: usize,
     n: usize,
     k: usize,
@@ -293,7 +319,7 @@ fn gemm_fused_avx2(
             act: Activation::None,
             ..epi
         };
-        gemm_fused_avx2(m, n, k, a, b, b_l, c, ldc, plain, threads);
+        gemm_fused_simd(isa, m, n, k, a, b, b_l, c, ldc, plain, threads);
         for row in c.chunks_mut(ldc.max(n)).take(m) {
             epi.act.apply_slice(&mut row[..n]);
         }
@@ -324,6 +350,7 @@ fn gemm_fused_avx2(
     );
 
     let p = Problem {
+        isa,
         a,
         b: BSrc::Mat(b, b_l),
         c_rs: ldc,
@@ -379,6 +406,7 @@ pub(crate) fn conv_gemm_fused(
         "conv_gemm_fused: column bias"
     );
     let p = Problem {
+        isa: Isa::best(),
         a,
         b: BSrc::Conv(src),
         c_rs: n,
@@ -604,13 +632,18 @@ fn region(
                             }
                         }
                     }
-                    for jr in (0..nc).step_by(NR) {
-                        let nr = NR.min(nc - jr);
-                        let bstrip = &bbuf[jr * kc..][..kc * NR];
-                        let a_src = match in_place {
-                            None => ASrc::Packed(&abuf[ir * kc..][..kc * MR]),
-                            Some((a, lda)) => ASrc::Rows { a, lda, pc },
-                        };
+                    let mut jr = 0;
+                    while jr < nc {
+                        // AVX-512 takes two strips at a time, except that a narrow last
+                        // strip keeps its dot products (the same columns on both kernels,
+                        // so the same bits).
+                        let mut nr = NR.min(nc - jr);
+                        if p.isa == Isa::Avx512 && nr == NR {
+                            let pair = (2 * NR).min(nc - jr);
+                            if !(narrow_dots && pair - NR == narrow) {
+                                nr = pair;
+                            }
+                        }
                         let tile = Tile {
                             i0: ic + ir,
                             j0: jc + jr,
@@ -618,6 +651,12 @@ fn region(
                             nr,
                             first,
                             last,
+                        };
+                        let bstrips = &bbuf[jr * kc..][..kc * nr.next_multiple_of(NR)];
+                        jr += nr.next_multiple_of(NR);
+                        let a_src = match in_place {
+                            None => ASrc::Packed(&abuf[ir * kc..][..kc * MR]),
+                            Some((a, lda)) => ASrc::Rows { a, lda, pc },
                         };
                         #[cfg(target_arch = "x86_64")]
                         if narrow_dots && nr < NR {
@@ -627,29 +666,40 @@ fn region(
                             continue;
                         }
                         #[cfg(target_arch = "x86_64")]
-                        // SAFETY: `region` is only reached from
-                        // `gemm_fused_avx2` after `avx2_available()`
-                        // returned true, so AVX2 and FMA are present;
-                        // the tile lies inside the checked output (see
-                        // `kernel_6x16`).
+                        // SAFETY: `region` is only reached from `gemm_fused_simd` after
+                        // `avx2_available()` returned true, so AVX2 and FMA are present, and
+                        // with `Isa::Avx512` only where `Isa::best` found AVX-512F; the tile
+                        // lies inside the checked output (see `kernel_6x16`).
                         unsafe {
-                            match a_src {
-                                ASrc::Packed(_) if nr <= 8 => {
-                                    kernel_6x16::<true, 1>(kc, a_src, bstrip, p, out, tile)
+                            match (p.isa, a_src) {
+                                (Isa::Avx512, ASrc::Packed(_)) if nr <= NR => {
+                                    kernel_6x32::<true, 1>(kc, a_src, bstrips, p, out, tile)
                                 }
-                                ASrc::Packed(_) => {
-                                    kernel_6x16::<true, 2>(kc, a_src, bstrip, p, out, tile)
+                                (Isa::Avx512, ASrc::Packed(_)) => {
+                                    kernel_6x32::<true, 2>(kc, a_src, bstrips, p, out, tile)
                                 }
-                                ASrc::Rows { .. } if nr <= 8 => {
-                                    kernel_6x16::<false, 1>(kc, a_src, bstrip, p, out, tile)
+                                (Isa::Avx512, ASrc::Rows { .. }) if nr <= NR => {
+                                    kernel_6x32::<false, 1>(kc, a_src, bstrips, p, out, tile)
                                 }
-                                ASrc::Rows { .. } => {
-                                    kernel_6x16::<false, 2>(kc, a_src, bstrip, p, out, tile)
+                                (Isa::Avx512, ASrc::Rows { .. }) => {
+                                    kernel_6x32::<false, 2>(kc, a_src, bstrips, p, out, tile)
+                                }
+                                (Isa::Avx2, ASrc::Packed(_)) if nr <= 8 => {
+                                    kernel_6x16::<true, 1>(kc, a_src, bstrips, p, out, tile)
+                                }
+                                (Isa::Avx2, ASrc::Packed(_)) => {
+                                    kernel_6x16::<true, 2>(kc, a_src, bstrips, p, out, tile)
+                                }
+                                (Isa::Avx2, ASrc::Rows { .. }) if nr <= 8 => {
+                                    kernel_6x16::<false, 1>(kc, a_src, bstrips, p, out, tile)
+                                }
+                                (Isa::Avx2, ASrc::Rows { .. }) => {
+                                    kernel_6x16::<false, 2>(kc, a_src, bstrips, p, out, tile)
                                 }
                             }
                         }
                         #[cfg(not(target_arch = "x86_64"))]
-                        let _ = (a_src, bstrip, tile, out);
+                        let _ = (a_src, bstrips, tile, out);
                     }
                 }
                 ic += mc;
@@ -886,7 +936,7 @@ struct Tile {
 ///
 /// # Safety
 /// * AVX2 and FMA must be available (checked by the caller).
-/// * `out` must point to the output slice of `gemm_fused_avx2`, whose bounds
+/// * `out` must point to the output slice of `gemm_fused_simd`, whose bounds
 ///   were checked for the whole `m x n` product with row stride
 ///   `p.c_rs`; the tile writes only elements `(i0 + i, j0 + j)`
 ///   with `i < mr`, `j < nr`, and `i0 + mr <= m`, `j0 + nr <= n` by
@@ -1059,6 +1109,165 @@ unsafe fn kernel_6x16<const PACKED: bool, const NV: usize>(
     }
 }
 
+/// As [`kernel_6x16`] with 16-lane vectors: one `MR x 32` tile over two adjacent packed
+/// strips (`NV = 2`, `b` holds `2 * kc * NR` values), or `MR x 16` over one (`NV = 1`).
+/// Columns past `nr` are masked off. Each output is the same FMA chain over `q` from zero,
+/// then the same epilogue steps in the same order, so the bits equal `kernel_6x16`'s.
+///
+/// # Safety
+/// As [`kernel_6x16`], with AVX-512F available instead of AVX2 (checked by `Isa::best`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn kernel_6x32<const PACKED: bool, const NV: usize>(
+    kc: usize,
+    a: ASrc,
+    b: &[f32],
+    p: &Problem,
+    out: OutPtr,
+    t: Tile,
+) {
+    use std::arch::x86_64::*;
+    assert!(NV == 1 || NV == 2);
+    assert!(b.len() >= NV * kc * NR && t.mr >= 1 && t.mr <= MR);
+    assert!(t.nr >= 1 && t.nr <= NV * NR && (NV == 1 || t.nr > NR));
+    let (ap, rows) = match a {
+        ASrc::Packed(s) => {
+            assert!(PACKED && s.len() >= kc * MR);
+            (s.as_ptr(), [s.as_ptr(); MR])
+        }
+        ASrc::Rows { a, lda, pc } => {
+            assert!(!PACKED);
+            let last = t.i0 + t.mr - 1;
+            assert!(
+                last * lda + pc + kc <= a.len(),
+                "sgemm: lhs rows out of bounds"
+            );
+            let rows: [*const f32; MR] =
+                // SAFETY: row (min(i, mr-1) + i0) starts at most at last*lda + pc, and that
+                // row has kc elements in bounds (asserted above).
+                std::array::from_fn(|i| unsafe { a.as_ptr().add((t.i0 + i.min(t.mr - 1)) * lda + pc) });
+            (a.as_ptr(), rows)
+        }
+    };
+    if t.last {
+        if let Some(res) = p.residual {
+            // As in `kernel_6x16`: the residual's rows, asked for while the tile computes.
+            for i in 0..t.mr {
+                let row = (t.i0 + i) * p.c_rs + t.j0;
+                for j in [0, t.nr - 1] {
+                    if let Some(x) = res.get(row + j) {
+                        _mm_prefetch((x as *const f32).cast::<i8>(), _MM_HINT_T0);
+                    }
+                }
+            }
+        }
+    }
+    let b0p = b.as_ptr();
+    // SAFETY: with NV = 2, b holds two strips of kc * NR.
+    let b1p = if NV == 2 {
+        unsafe { b0p.add(kc * NR) }
+    } else {
+        b0p
+    };
+    // Twelve named accumulators: held in an array, they were stored to the stack on every
+    // depth step (LLVM did not keep the array in registers).
+    let z = _mm512_setzero_ps();
+    let (mut c00, mut c01, mut c10, mut c11, mut c20, mut c21) = (z, z, z, z, z, z);
+    let (mut c30, mut c31, mut c40, mut c41, mut c50, mut c51) = (z, z, z, z, z, z);
+    for q in 0..kc {
+        // SAFETY: q < kc; each packed strip holds kc*NR elements and the packed A strip
+        // kc*MR, and each row pointer has kc elements (asserted above).
+        unsafe {
+            let b0 = _mm512_loadu_ps(b0p.add(q * NR));
+            let b1 = if NV == 2 {
+                _mm512_loadu_ps(b1p.add(q * NR))
+            } else {
+                z
+            };
+            macro_rules! row {
+                ($i:expr, $x:ident, $y:ident) => {
+                    let ai = _mm512_set1_ps(if PACKED {
+                        *ap.add(q * MR + $i)
+                    } else {
+                        *rows[$i].add(q)
+                    });
+                    $x = _mm512_fmadd_ps(ai, b0, $x);
+                    if NV == 2 {
+                        $y = _mm512_fmadd_ps(ai, b1, $y);
+                    }
+                };
+            }
+            row!(0, c00, c01);
+            row!(1, c10, c11);
+            row!(2, c20, c21);
+            row!(3, c30, c31);
+            row!(4, c40, c41);
+            row!(5, c50, c51);
+        }
+    }
+    let mut acc = [
+        [c00, c01],
+        [c10, c11],
+        [c20, c21],
+        [c30, c31],
+        [c40, c41],
+        [c50, c51],
+    ];
+    if p.alpha != 1.0 {
+        let al = _mm512_set1_ps(p.alpha);
+        for v in acc.iter_mut().flatten() {
+            *v = _mm512_mul_ps(*v, al);
+        }
+    }
+    let load_c = !t.first || p.accumulate;
+    let c = out.0;
+    let (lo, hi) = (_mm512_set1_ps(p.lo), _mm512_set1_ps(p.hi));
+    // Lane masks: vector h covers columns 16h..16h+16, enabled below nr.
+    let masks: [__mmask16; NV] = std::array::from_fn(|h| {
+        let lanes = t.nr.saturating_sub(h * NR).min(NR);
+        ((1u32 << lanes) - 1) as __mmask16
+    });
+    // SAFETY (all loads and stores below): row i0+i < m for i < mr; the enabled lanes are
+    // columns j0..j0+nr <= n with unit stride, inside the checked output (function
+    // contract); the residual has the output's layout and span, and the column bias has n
+    // elements. A masked-off lane is neither read nor written.
+    let load =
+        |ptr: *const f32, h: usize| unsafe { _mm512_maskz_loadu_ps(masks[h], ptr.add(h * NR)) };
+    let col_bias: Option<[__m512; NV]> = match (t.last, p.bias) {
+        (true, Bias::Col(bv)) => {
+            let bv = &bv[t.j0..t.j0 + t.nr];
+            Some(std::array::from_fn(|h| load(bv.as_ptr(), h)))
+        }
+        _ => None,
+    };
+    for (i, r) in acc.iter().enumerate().take(t.mr) {
+        // SAFETY: see above.
+        let row = unsafe { c.add((t.i0 + i) * p.c_rs + t.j0) };
+        for (h, &rv) in r.iter().enumerate().take(NV) {
+            let mut v = rv;
+            if load_c {
+                v = _mm512_add_ps(v, load(row, h));
+            }
+            if t.last {
+                if let Bias::Row(bv) = p.bias {
+                    v = _mm512_add_ps(v, _mm512_set1_ps(bv[t.i0 + i]));
+                }
+                if let Some(cb) = col_bias {
+                    v = _mm512_add_ps(v, cb[h]);
+                }
+                if let Some(res) = p.residual {
+                    // SAFETY: see above.
+                    let rp = unsafe { res.as_ptr().add((t.i0 + i) * p.c_rs + t.j0) };
+                    v = _mm512_add_ps(v, load(rp, h));
+                }
+                v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
+            }
+            // SAFETY: see above.
+            unsafe { _mm512_mask_storeu_ps(row.add(h * NR), masks[h], v) };
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1092,6 +1301,9 @@ mod tests {
             // Two columns past whole strips over two depth slices: the dot-product tile
             // accumulating into C.
             (13, 34, 300),
+            // AVX-512 tiles with a partial second strip, and a partial single strip.
+            (9, 24, 40),
+            (12, 45, 20),
         ];
         let acts = [
             Activation::None,
@@ -1141,31 +1353,47 @@ mod tests {
                         residual,
                         act,
                     };
-                    for portable in [false, true] {
+                    // The portable path, then each vector ISA the machine has; AVX-512 must
+                    // give AVX2's bits.
+                    let mut avx2_bits = None;
+                    for isa in [None, Some(Isa::Avx2), Some(Isa::Avx512)] {
+                        let portable = isa.is_none();
                         if !portable && !avx2_available() {
                             continue;
                         }
+                        if isa == Some(Isa::Avx512) && Isa::best() != Isa::Avx512 {
+                            eprintln!("no AVX-512F here: its kernel is not tested");
+                            continue;
+                        }
                         let mut c = init.clone();
-                        pools[threads - 1].install(|| {
-                            if portable {
-                                gemm_fused_portable(
-                                    m, n, k, &a, a_l, &b, b_l, &mut c, ldc, epi, threads,
-                                )
-                            } else {
-                                gemm_fused_avx2(
-                                    m,
-                                    n,
-                                    k,
-                                    Lhs::F32(&a, a_l),
-                                    &b,
-                                    b_l,
-                                    &mut c,
-                                    ldc,
-                                    epi,
-                                    threads,
-                                )
-                            }
+                        pools[threads - 1].install(|| match isa {
+                            None => gemm_fused_portable(
+                                m, n, k, &a, a_l, &b, b_l, &mut c, ldc, epi, threads,
+                            ),
+                            Some(isa) => gemm_fused_simd(
+                                isa,
+                                m,
+                                n,
+                                k,
+                                Lhs::F32(&a, a_l),
+                                &b,
+                                b_l,
+                                &mut c,
+                                ldc,
+                                epi,
+                                threads,
+                            ),
                         });
+                        match isa {
+                            Some(Isa::Avx2) => avx2_bits = Some(c.clone()),
+                            Some(Isa::Avx512) => {
+                                let same = avx2_bits.as_ref().is_some_and(|w| {
+                                    w.iter().zip(&c).all(|(x, y)| x.to_bits() == y.to_bits())
+                                });
+                                assert!(same, "m{m} n{n} k{k}: AVX-512 bits differ from AVX2's");
+                            }
+                            None => {}
+                        }
                         for i in 0..m {
                             for j in 0..ldc {
                                 let got = c[i * ldc + j];
@@ -1193,7 +1421,7 @@ mod tests {
                                 let want = act.apply(want as f32) as f64;
                                 assert!(
                                     (got as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()),
-                                    "m{m} n{n} k{k} ta{ta} tb{tb} portable{portable} ({i},{j}): {got} vs {want}"
+                                    "m{m} n{n} k{k} ta{ta} tb{tb} {isa:?} ({i},{j}): {got} vs {want}"
                                 );
                             }
                         }
