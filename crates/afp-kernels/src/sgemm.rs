@@ -606,11 +606,86 @@ fn region(
                         None
                     }
                 };
+                // The column steps of the panel: AVX-512 takes two strips at a time,
+                // except that a narrow last strip keeps its dot products (the same columns
+                // on both kernels, so the same bits).
+                let mut steps = [(0usize, 0usize); NC / NR];
+                let mut n_steps = 0;
+                let mut jr = 0;
+                while jr < nc {
+                    let mut nr = NR.min(nc - jr);
+                    if p.isa == Isa::Avx512 && nr == NR {
+                        let pair = (2 * NR).min(nc - jr);
+                        if !(narrow_dots && pair - NR == narrow) {
+                            nr = pair;
+                        }
+                    }
+                    steps[n_steps] = (jr, nr);
+                    n_steps += 1;
+                    jr += nr.next_multiple_of(NR);
+                }
+                let steps = &steps[..n_steps];
+                let run_tile = |ir: usize, jr: usize, nr: usize| {
+                    let tile = Tile {
+                        i0: ic + ir,
+                        j0: jc + jr,
+                        mr: MR.min(mc - ir),
+                        nr,
+                        first,
+                        last,
+                    };
+                    let bstrips = &bbuf[jr * kc..][..kc * nr.next_multiple_of(NR)];
+                    let a_src = match in_place {
+                        None => ASrc::Packed(&abuf[ir * kc..][..kc * MR]),
+                        Some((a, lda)) => ASrc::Rows { a, lda, pc },
+                    };
+                    #[cfg(target_arch = "x86_64")]
+                    if narrow_dots && nr < NR {
+                        // SAFETY: as for the kernels below (same tile, same contract);
+                        // `narrow_cols` holds the strip's nr columns of kc values.
+                        unsafe { narrow_tile(kc, a_src, narrow_cols, p, out, tile) };
+                        return;
+                    }
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: `region` is only reached from `gemm_fused_simd` after
+                    // `avx2_available()` returned true, so AVX2 and FMA are present, and
+                    // with `Isa::Avx512` only where `Isa::best` found AVX-512F; the tile
+                    // lies inside the checked output (see `kernel_6x16`).
+                    unsafe {
+                        match (p.isa, a_src) {
+                            (Isa::Avx512, ASrc::Packed(_)) if nr <= NR => {
+                                kernel_6x32::<true, 1>(kc, a_src, bstrips, p, out, tile)
+                            }
+                            (Isa::Avx512, ASrc::Packed(_)) => {
+                                kernel_6x32::<true, 2>(kc, a_src, bstrips, p, out, tile)
+                            }
+                            (Isa::Avx512, ASrc::Rows { .. }) if nr <= NR => {
+                                kernel_6x32::<false, 1>(kc, a_src, bstrips, p, out, tile)
+                            }
+                            (Isa::Avx512, ASrc::Rows { .. }) => {
+                                kernel_6x32::<false, 2>(kc, a_src, bstrips, p, out, tile)
+                            }
+                            (Isa::Avx2, ASrc::Packed(_)) if nr <= 8 => {
+                                kernel_6x16::<true, 1>(kc, a_src, bstrips, p, out, tile)
+                            }
+                            (Isa::Avx2, ASrc::Packed(_)) => {
+                                kernel_6x16::<true, 2>(kc, a_src, bstrips, p, out, tile)
+                            }
+                            (Isa::Avx2, ASrc::Rows { .. }) if nr <= 8 => {
+                                kernel_6x16::<false, 1>(kc, a_src, bstrips, p, out, tile)
+                            }
+                            (Isa::Avx2, ASrc::Rows { .. }) => {
+                                kernel_6x16::<false, 2>(kc, a_src, bstrips, p, out, tile)
+                            }
+                        }
+                    }
+                    #[cfg(not(target_arch = "x86_64"))]
+                    let _ = (a_src, bstrips, tile, out);
+                };
                 // A strip outer (stays in L1), B strips inner (the packed
                 // panel stays in L2): each A strip's output rows are written
                 // left to right, a few long streams rather than many short.
                 for ir in (0..mc).step_by(MR) {
-                    let mr = MR.min(mc - ir);
                     // Weights read in place are six row streams no hardware prefetcher
                     // follows: ask for the next strip's rows (into L2) while this strip is
                     // computed. At batch 1, where a strip serves few columns, this took 4%
@@ -632,74 +707,8 @@ fn region(
                             }
                         }
                     }
-                    let mut jr = 0;
-                    while jr < nc {
-                        // AVX-512 takes two strips at a time, except that a narrow last
-                        // strip keeps its dot products (the same columns on both kernels,
-                        // so the same bits).
-                        let mut nr = NR.min(nc - jr);
-                        if p.isa == Isa::Avx512 && nr == NR {
-                            let pair = (2 * NR).min(nc - jr);
-                            if !(narrow_dots && pair - NR == narrow) {
-                                nr = pair;
-                            }
-                        }
-                        let tile = Tile {
-                            i0: ic + ir,
-                            j0: jc + jr,
-                            mr,
-                            nr,
-                            first,
-                            last,
-                        };
-                        let bstrips = &bbuf[jr * kc..][..kc * nr.next_multiple_of(NR)];
-                        jr += nr.next_multiple_of(NR);
-                        let a_src = match in_place {
-                            None => ASrc::Packed(&abuf[ir * kc..][..kc * MR]),
-                            Some((a, lda)) => ASrc::Rows { a, lda, pc },
-                        };
-                        #[cfg(target_arch = "x86_64")]
-                        if narrow_dots && nr < NR {
-                            // SAFETY: as for the kernels below (same tile, same contract);
-                            // `narrow_cols` holds the strip's nr columns of kc values.
-                            unsafe { narrow_tile(kc, a_src, narrow_cols, p, out, tile) };
-                            continue;
-                        }
-                        #[cfg(target_arch = "x86_64")]
-                        // SAFETY: `region` is only reached from `gemm_fused_simd` after
-                        // `avx2_available()` returned true, so AVX2 and FMA are present, and
-                        // with `Isa::Avx512` only where `Isa::best` found AVX-512F; the tile
-                        // lies inside the checked output (see `kernel_6x16`).
-                        unsafe {
-                            match (p.isa, a_src) {
-                                (Isa::Avx512, ASrc::Packed(_)) if nr <= NR => {
-                                    kernel_6x32::<true, 1>(kc, a_src, bstrips, p, out, tile)
-                                }
-                                (Isa::Avx512, ASrc::Packed(_)) => {
-                                    kernel_6x32::<true, 2>(kc, a_src, bstrips, p, out, tile)
-                                }
-                                (Isa::Avx512, ASrc::Rows { .. }) if nr <= NR => {
-                                    kernel_6x32::<false, 1>(kc, a_src, bstrips, p, out, tile)
-                                }
-                                (Isa::Avx512, ASrc::Rows { .. }) => {
-                                    kernel_6x32::<false, 2>(kc, a_src, bstrips, p, out, tile)
-                                }
-                                (Isa::Avx2, ASrc::Packed(_)) if nr <= 8 => {
-                                    kernel_6x16::<true, 1>(kc, a_src, bstrips, p, out, tile)
-                                }
-                                (Isa::Avx2, ASrc::Packed(_)) => {
-                                    kernel_6x16::<true, 2>(kc, a_src, bstrips, p, out, tile)
-                                }
-                                (Isa::Avx2, ASrc::Rows { .. }) if nr <= 8 => {
-                                    kernel_6x16::<false, 1>(kc, a_src, bstrips, p, out, tile)
-                                }
-                                (Isa::Avx2, ASrc::Rows { .. }) => {
-                                    kernel_6x16::<false, 2>(kc, a_src, bstrips, p, out, tile)
-                                }
-                            }
-                        }
-                        #[cfg(not(target_arch = "x86_64"))]
-                        let _ = (a_src, bstrips, tile, out);
+                    for &(jr, nr) in steps {
+                        run_tile(ir, jr, nr);
                     }
                 }
                 ic += mc;
@@ -1178,6 +1187,14 @@ unsafe fn kernel_6x32<const PACKED: bool, const NV: usize>(
         // SAFETY: q < kc; each packed strip holds kc*NR elements and the packed A strip
         // kc*MR, and each row pointer has kc elements (asserted above).
         unsafe {
+            // The packed strips come from L2 (the panel is larger than L1): ask for them 8
+            // depths ahead. Measured in-process: 7 to 10% off ResNet-50, 2.5% off
+            // MobileNet-v2 (16 ahead: no better). `wrapping_add`: near the end the address
+            // may lie past the strip, which a prefetch may name but `add` may not.
+            _mm_prefetch(b0p.wrapping_add((q + 8) * NR).cast::<i8>(), _MM_HINT_T0);
+            if NV == 2 {
+                _mm_prefetch(b1p.wrapping_add((q + 8) * NR).cast::<i8>(), _MM_HINT_T0);
+            }
             let b0 = _mm512_loadu_ps(b0p.add(q * NR));
             let b1 = if NV == 2 {
                 _mm512_loadu_ps(b1p.add(q * NR))
