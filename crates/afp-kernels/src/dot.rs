@@ -48,6 +48,33 @@ fn dot_block<const R: usize>(w: &[f32], x: &[f32], out: &mut [f32]) {
     }
 }
 
+/// `out[o] = dot(w[o], x)` for `R` rows of `w` (each `x.len()` long), bit for bit [`dot`]:
+/// one `x` row against several weight rows, so a matrix-vector product (batch 1) has `R`
+/// independent chains instead of one waiting on the latency of its adds.
+#[inline(always)]
+fn dot_rows_block<const R: usize>(w: &[f32], x: &[f32], out: &mut [f32]) {
+    let k = x.len();
+    let mut acc = [[0.0f32; 8]; R];
+    let whole = k / 8 * 8;
+    for c in (0..whole).step_by(8) {
+        let xv: &[f32; 8] = x[c..c + 8].try_into().expect("8 values");
+        for (o, acc) in acc.iter_mut().enumerate() {
+            let wv: &[f32; 8] = w[o * k + c..o * k + c + 8].try_into().expect("8 values");
+            for i in 0..8 {
+                acc[i] += wv[i] * xv[i];
+            }
+        }
+    }
+    for (o, (acc, r)) in acc.iter().zip(out.iter_mut()).enumerate() {
+        let mut s =
+            ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+        for (a, b) in w[o * k + whole..(o + 1) * k].iter().zip(&x[whole..]) {
+            s += a * b;
+        }
+        *r = s;
+    }
+}
+
 /// `res[o * rows + r] = dot(w[o], x[r])` for the `w` rows `o` and the `rows` rows of `x`
 /// (each `k` long), compiled for the widest instruction set the machine has. Each `w`
 /// row is read once and stays in L1 while every `x` row passes over it.
@@ -64,6 +91,26 @@ pub(crate) fn dots(w: &[f32], x: &[f32], k: usize, rows: usize, res: &mut [f32])
         #[inline(always)]
         fn with_simd<S: Simd>(self, _simd: S) {
             let Dots { w, x, k, rows, res } = self;
+            if rows < 4 {
+                // Too few `x` rows for blocks of them: block the weight rows instead.
+                let wrows = w.len() / k;
+                let mut col = [0f32; 8];
+                for r in 0..rows {
+                    let xr = &x[r * k..][..k];
+                    let mut o = 0;
+                    while o + 8 <= wrows {
+                        dot_rows_block::<8>(&w[o * k..(o + 8) * k], xr, &mut col);
+                        for (i, &v) in col.iter().enumerate() {
+                            res[(o + i) * rows + r] = v;
+                        }
+                        o += 8;
+                    }
+                    for o in o..wrows {
+                        res[o * rows + r] = dot(&w[o * k..][..k], xr);
+                    }
+                }
+                return;
+            }
             for (wr, out) in w.chunks_exact(k).zip(res.chunks_exact_mut(rows)) {
                 // `x` rows in blocks: each chunk of the `w` row is loaded once for the block,
                 // and the block's sums are independent chains (one row's dot alone waits on
@@ -98,16 +145,23 @@ mod tests {
     fn dots_equal_the_scalar_dot_bit_for_bit() {
         let k = 37;
         // 15 rows: a block of 8, one of 4 and 3 single dots.
-        let rows = 15;
-        let w: Vec<f32> = (0..3 * k)
+        for (rows, wrows) in [(15, 3), (1, 19), (3, 9)] {
+            check_dots(k, rows, wrows);
+        }
+    }
+
+    /// `dots` against `dot` (bits) and a double-precision sum, `rows` rows of `x` and `wrows`
+    /// of `w` (with fewer than 4 rows of `x`, blocks of 8 weight rows and single ones).
+    fn check_dots(k: usize, rows: usize, wrows: usize) {
+        let w: Vec<f32> = (0..wrows * k)
             .map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.37)
             .collect();
         let x: Vec<f32> = (0..rows * k)
             .map(|i| ((i * 5 % 13) as f32 - 6.0) * 0.21)
             .collect();
-        let mut res = vec![f32::NAN; 3 * rows];
+        let mut res = vec![f32::NAN; wrows * rows];
         dots(&w, &x, k, rows, &mut res);
-        for o in 0..3 {
+        for o in 0..wrows {
             for r in 0..rows {
                 let want = dot(&w[o * k..][..k], &x[r * k..][..k]);
                 assert_eq!(res[o * rows + r].to_bits(), want.to_bits());
