@@ -48,33 +48,6 @@ fn dot_block<const R: usize>(w: &[f32], x: &[f32], out: &mut [f32]) {
     }
 }
 
-/// `out[o] = dot(w[o], x)` for `R` rows of `w` (each `x.len()` long), bit for bit [`dot`]:
-/// one `x` row against several weight rows, so a matrix-vector product (batch 1) has `R`
-/// independent chains instead of one waiting on the latency of its adds.
-#[inline(always)]
-fn dot_rows_block<const R: usize>(w: &[f32], x: &[f32], out: &mut [f32]) {
-    let k = x.len();
-    let mut acc = [[0.0f32; 8]; R];
-    let whole = k / 8 * 8;
-    for c in (0..whole).step_by(8) {
-        let xv: &[f32; 8] = x[c..c + 8].try_into().expect("8 values");
-        for (o, acc) in acc.iter_mut().enumerate() {
-            let wv: &[f32; 8] = w[o * k + c..o * k + c + 8].try_into().expect("8 values");
-            for i in 0..8 {
-                acc[i] += wv[i] * xv[i];
-            }
-        }
-    }
-    for (o, (acc, r)) in acc.iter().zip(out.iter_mut()).enumerate() {
-        let mut s =
-            ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-        for (a, b) in w[o * k + whole..(o + 1) * k].iter().zip(&x[whole..]) {
-            s += a * b;
-        }
-        *r = s;
-    }
-}
-
 /// `res[o * rows + r] = dot(w[o], x[r])` for the `w` rows `o` and the `rows` rows of `x`
 /// (each `k` long), compiled for the widest instruction set the machine has. Each `w`
 /// row is read once and stays in L1 while every `x` row passes over it.
@@ -92,14 +65,16 @@ pub(crate) fn dots(w: &[f32], x: &[f32], k: usize, rows: usize, res: &mut [f32])
         fn with_simd<S: Simd>(self, _simd: S) {
             let Dots { w, x, k, rows, res } = self;
             if rows < 4 {
-                // Too few `x` rows for blocks of them: block the weight rows instead.
+                // Too few `x` rows for blocks of them: block the weight rows instead, one
+                // `x` row against 8 of them (the same bits: products commute), so a
+                // matrix-vector product (batch 1) has 8 independent chains, not one.
                 let wrows = w.len() / k;
                 let mut col = [0f32; 8];
                 for r in 0..rows {
                     let xr = &x[r * k..][..k];
                     let mut o = 0;
                     while o + 8 <= wrows {
-                        dot_rows_block::<8>(&w[o * k..(o + 8) * k], xr, &mut col);
+                        dot_block::<8>(xr, &w[o * k..(o + 8) * k], &mut col);
                         for (i, &v) in col.iter().enumerate() {
                             res[(o + i) * rows + r] = v;
                         }
