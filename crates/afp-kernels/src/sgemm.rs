@@ -1,4 +1,4 @@
-//! Packed SGEMM with hand-written micro-kernels (AVX2+FMA 6x16, AVX-512 6x32) and a
+//! Packed SGEMM with hand-written micro-kernels (AVX2+FMA 6x16, AVX-512 12x32) and a
 //! fused epilogue (`alpha`, accumulate, per-row or per-column bias, ReLU / Clip).
 //!
 //! BLIS-style blocking: for each `NC`-column panel and `KC`-deep slice of
@@ -625,75 +625,105 @@ fn region(
                     jr += nr.next_multiple_of(NR);
                 }
                 let steps = &steps[..n_steps];
+                // AVX-512 tiles are two A strips tall (`kernel_avx512`).
+                let height = if p.isa == Isa::Avx512 { 2 * MR } else { MR };
+                let a_rows = |ir: usize, strips: usize| match in_place {
+                    None => ASrc::Packed(&abuf[ir * kc..][..kc * MR * strips]),
+                    Some((a, lda)) => ASrc::Rows { a, lda, pc },
+                };
                 let run_tile = |ir: usize, jr: usize, nr: usize| {
+                    let mr = height.min(mc - ir);
                     let tile = Tile {
                         i0: ic + ir,
                         j0: jc + jr,
-                        mr: MR.min(mc - ir),
+                        mr,
                         nr,
                         first,
                         last,
                     };
                     let bstrips = &bbuf[jr * kc..][..kc * nr.next_multiple_of(NR)];
-                    let a_src = match in_place {
-                        None => ASrc::Packed(&abuf[ir * kc..][..kc * MR]),
-                        Some((a, lda)) => ASrc::Rows { a, lda, pc },
-                    };
                     #[cfg(target_arch = "x86_64")]
                     if narrow_dots && nr < NR {
-                        // SAFETY: as for the kernels below (same tile, same contract);
-                        // `narrow_cols` holds the strip's nr columns of kc values.
-                        unsafe { narrow_tile(kc, a_src, narrow_cols, p, out, tile) };
+                        // One A strip at a time.
+                        for sub in (0..mr).step_by(MR) {
+                            let tile = Tile {
+                                i0: ic + ir + sub,
+                                mr: MR.min(mr - sub),
+                                ..tile
+                            };
+                            // SAFETY: as for the kernels below (same tile, same contract);
+                            // `narrow_cols` holds the strip's nr columns of kc values.
+                            unsafe {
+                                narrow_tile(kc, a_rows(ir + sub, 1), narrow_cols, p, out, tile)
+                            };
+                        }
                         return;
                     }
+                    let tall = mr > MR;
+                    let a_src = a_rows(ir, mr.div_ceil(MR));
                     #[cfg(target_arch = "x86_64")]
                     // SAFETY: `region` is only reached from `gemm_fused_simd` after
                     // `avx2_available()` returned true, so AVX2 and FMA are present, and
                     // with `Isa::Avx512` only where `Isa::best` found AVX-512F; the tile
-                    // lies inside the checked output (see `kernel_6x16`).
+                    // lies inside the checked output (see `kernel_6x16`), and it is taller
+                    // than a strip only on AVX-512 (`height`), with its two packed strips.
                     unsafe {
-                        match (p.isa, a_src) {
-                            (Isa::Avx512, ASrc::Packed(_)) if nr <= NR => {
-                                kernel_6x32::<true, 1>(kc, a_src, bstrips, p, out, tile)
+                        let packed = matches!(a_src, ASrc::Packed(_));
+                        let (a, b) = (a_src, bstrips);
+                        match (p.isa, packed, nr <= NR, tall) {
+                            (Isa::Avx512, true, true, false) => {
+                                kernel_avx512::<true, 1, false>(kc, a, b, p, out, tile)
                             }
-                            (Isa::Avx512, ASrc::Packed(_)) => {
-                                kernel_6x32::<true, 2>(kc, a_src, bstrips, p, out, tile)
+                            (Isa::Avx512, true, true, true) => {
+                                kernel_avx512::<true, 1, true>(kc, a, b, p, out, tile)
                             }
-                            (Isa::Avx512, ASrc::Rows { .. }) if nr <= NR => {
-                                kernel_6x32::<false, 1>(kc, a_src, bstrips, p, out, tile)
+                            (Isa::Avx512, true, false, false) => {
+                                kernel_avx512::<true, 2, false>(kc, a, b, p, out, tile)
                             }
-                            (Isa::Avx512, ASrc::Rows { .. }) => {
-                                kernel_6x32::<false, 2>(kc, a_src, bstrips, p, out, tile)
+                            (Isa::Avx512, true, false, true) => {
+                                kernel_avx512::<true, 2, true>(kc, a, b, p, out, tile)
                             }
-                            (Isa::Avx2, ASrc::Packed(_)) if nr <= 8 => {
-                                kernel_6x16::<true, 1>(kc, a_src, bstrips, p, out, tile)
+                            (Isa::Avx512, false, true, false) => {
+                                kernel_avx512::<false, 1, false>(kc, a, b, p, out, tile)
                             }
-                            (Isa::Avx2, ASrc::Packed(_)) => {
-                                kernel_6x16::<true, 2>(kc, a_src, bstrips, p, out, tile)
+                            (Isa::Avx512, false, true, true) => {
+                                kernel_avx512::<false, 1, true>(kc, a, b, p, out, tile)
                             }
-                            (Isa::Avx2, ASrc::Rows { .. }) if nr <= 8 => {
-                                kernel_6x16::<false, 1>(kc, a_src, bstrips, p, out, tile)
+                            (Isa::Avx512, false, false, false) => {
+                                kernel_avx512::<false, 2, false>(kc, a, b, p, out, tile)
                             }
-                            (Isa::Avx2, ASrc::Rows { .. }) => {
-                                kernel_6x16::<false, 2>(kc, a_src, bstrips, p, out, tile)
+                            (Isa::Avx512, false, false, true) => {
+                                kernel_avx512::<false, 2, true>(kc, a, b, p, out, tile)
+                            }
+                            (Isa::Avx2, true, _, _) if nr <= 8 => {
+                                kernel_6x16::<true, 1>(kc, a, b, p, out, tile)
+                            }
+                            (Isa::Avx2, true, _, _) => {
+                                kernel_6x16::<true, 2>(kc, a, b, p, out, tile)
+                            }
+                            (Isa::Avx2, false, _, _) if nr <= 8 => {
+                                kernel_6x16::<false, 1>(kc, a, b, p, out, tile)
+                            }
+                            (Isa::Avx2, false, _, _) => {
+                                kernel_6x16::<false, 2>(kc, a, b, p, out, tile)
                             }
                         }
                     }
                     #[cfg(not(target_arch = "x86_64"))]
-                    let _ = (a_src, bstrips, tile, out);
+                    let _ = (a_src, bstrips, tile, out, tall);
                 };
                 // A strip outer (stays in L1), B strips inner (the packed
                 // panel stays in L2): each A strip's output rows are written
                 // left to right, a few long streams rather than many short.
-                for ir in (0..mc).step_by(MR) {
+                for ir in (0..mc).step_by(height) {
                     // Weights read in place are six row streams no hardware prefetcher
                     // follows: ask for the next strip's rows (into L2) while this strip is
                     // computed. At batch 1, where a strip serves few columns, this took 4%
                     // off ResNet-50 and MobileNet-v2 (docs/BENCHMARKS.md, session 14).
                     #[cfg(target_arch = "x86_64")]
                     if let Some((a, lda)) = in_place {
-                        let r0 = ic + ir + MR;
-                        for r in r0..(r0 + MR).min(ic + mc) {
+                        let r0 = ic + ir + height;
+                        for r in r0..(r0 + height).min(ic + mc) {
                             let row = &a[r * lda + pc..][..kc];
                             for q in (0..kc).step_by(16) {
                                 // SAFETY: a prefetch is a hint that never faults, and the
@@ -1118,16 +1148,22 @@ unsafe fn kernel_6x16<const PACKED: bool, const NV: usize>(
     }
 }
 
-/// As [`kernel_6x16`] with 16-lane vectors: one `MR x 32` tile over two adjacent packed
-/// strips (`NV = 2`, `b` holds `2 * kc * NR` values), or `MR x 16` over one (`NV = 1`).
-/// Columns past `nr` are masked off. Each output is the same FMA chain over `q` from zero,
-/// then the same epilogue steps in the same order, so the bits equal `kernel_6x16`'s.
+/// As [`kernel_6x16`] with 16-lane vectors: a tile of `MR` rows (`TALL = false`) or `2 * MR`
+/// (`TALL`: two strips of `A`, packed one after the other or read in place) by 32 columns over
+/// two adjacent packed strips of `B` (`NV = 2`, `b` holds `2 * kc * NR` values) or 16 over
+/// one (`NV = 1`). Columns past `nr` are masked off. Each output is the same FMA chain over
+/// `q` from zero, then the same epilogue steps in the same order, so the bits equal
+/// `kernel_6x16`'s. Twelve rows by two vectors (24 accumulators, 2 loads of `B` and 12
+/// broadcasts per depth step) is the shape that keeps both 512-bit FMA units busy; with
+/// one vector, twelve rows still give 12 independent chains where six would wait on the
+/// FMA latency.
 ///
 /// # Safety
-/// As [`kernel_6x16`], with AVX-512F available instead of AVX2 (checked by `Isa::best`).
+/// As [`kernel_6x16`], with AVX-512F available instead of AVX2 (checked by `Isa::best`); with
+/// `TALL`, `t.mr <= 2 * MR` and a packed `A` holds `2 * kc * MR` values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn kernel_6x32<const PACKED: bool, const NV: usize>(
+unsafe fn kernel_avx512<const PACKED: bool, const NV: usize, const TALL: bool>(
     kc: usize,
     a: ASrc,
     b: &[f32],
@@ -1136,13 +1172,18 @@ unsafe fn kernel_6x32<const PACKED: bool, const NV: usize>(
     t: Tile,
 ) {
     use std::arch::x86_64::*;
+    const ROWS: usize = 2 * MR;
+    let height = if TALL { ROWS } else { MR };
     assert!(NV == 1 || NV == 2);
-    assert!(b.len() >= NV * kc * NR && t.mr >= 1 && t.mr <= MR);
+    assert!(b.len() >= NV * kc * NR && t.mr >= 1 && t.mr <= height);
     assert!(t.nr >= 1 && t.nr <= NV * NR && (NV == 1 || t.nr > NR));
+    // Packed: element (i, q) at strip (i / MR), q*MR + i % MR (the strips kc*MR apart).
+    // In place: one pointer per row (rows past `mr` repeat the last valid row; their
+    // results are discarded), element (i, q) at rows[i] + q.
     let (ap, rows) = match a {
         ASrc::Packed(s) => {
-            assert!(PACKED && s.len() >= kc * MR);
-            (s.as_ptr(), [s.as_ptr(); MR])
+            assert!(PACKED && s.len() >= kc * height);
+            (s.as_ptr(), [s.as_ptr(); ROWS])
         }
         ASrc::Rows { a, lda, pc } => {
             assert!(!PACKED);
@@ -1151,7 +1192,7 @@ unsafe fn kernel_6x32<const PACKED: bool, const NV: usize>(
                 last * lda + pc + kc <= a.len(),
                 "sgemm: lhs rows out of bounds"
             );
-            let rows: [*const f32; MR] =
+            let rows: [*const f32; ROWS] =
                 // SAFETY: row (min(i, mr-1) + i0) starts at most at last*lda + pc, and that
                 // row has kc elements in bounds (asserted above).
                 std::array::from_fn(|i| unsafe { a.as_ptr().add((t.i0 + i.min(t.mr - 1)) * lda + pc) });
@@ -1178,14 +1219,18 @@ unsafe fn kernel_6x32<const PACKED: bool, const NV: usize>(
     } else {
         b0p
     };
-    // Twelve named accumulators: held in an array, they were stored to the stack on every
-    // depth step (LLVM did not keep the array in registers).
+    // The second packed A strip (only read with TALL, where it exists).
+    let ap2 = ap.wrapping_add(kc * MR);
+    // Named accumulators: held in an array, they were stored to the stack on every depth
+    // step (LLVM did not keep the array in registers).
     let z = _mm512_setzero_ps();
     let (mut c00, mut c01, mut c10, mut c11, mut c20, mut c21) = (z, z, z, z, z, z);
     let (mut c30, mut c31, mut c40, mut c41, mut c50, mut c51) = (z, z, z, z, z, z);
+    let (mut c60, mut c61, mut c70, mut c71, mut c80, mut c81) = (z, z, z, z, z, z);
+    let (mut c90, mut c91, mut ca0, mut ca1, mut cb0, mut cb1) = (z, z, z, z, z, z);
     for q in 0..kc {
-        // SAFETY: q < kc; each packed strip holds kc*NR elements and the packed A strip
-        // kc*MR, and each row pointer has kc elements (asserted above).
+        // SAFETY: q < kc; each packed strip holds kc*NR elements and the packed A strips
+        // kc*MR each, and each row pointer has kc elements (asserted above).
         unsafe {
             // The packed strips come from L2 (the panel is larger than L1): ask for them 8
             // depths ahead. Measured in-process: 7 to 10% off ResNet-50, 2.5% off
@@ -1204,7 +1249,11 @@ unsafe fn kernel_6x32<const PACKED: bool, const NV: usize>(
             macro_rules! row {
                 ($i:expr, $x:ident, $y:ident) => {
                     let ai = _mm512_set1_ps(if PACKED {
-                        *ap.add(q * MR + $i)
+                        if $i < MR {
+                            *ap.add(q * MR + $i)
+                        } else {
+                            *ap2.add(q * MR + $i - MR)
+                        }
                     } else {
                         *rows[$i].add(q)
                     });
@@ -1220,6 +1269,14 @@ unsafe fn kernel_6x32<const PACKED: bool, const NV: usize>(
             row!(3, c30, c31);
             row!(4, c40, c41);
             row!(5, c50, c51);
+            if TALL {
+                row!(6, c60, c61);
+                row!(7, c70, c71);
+                row!(8, c80, c81);
+                row!(9, c90, c91);
+                row!(10, ca0, ca1);
+                row!(11, cb0, cb1);
+            }
         }
     }
     let mut acc = [
@@ -1229,10 +1286,16 @@ unsafe fn kernel_6x32<const PACKED: bool, const NV: usize>(
         [c30, c31],
         [c40, c41],
         [c50, c51],
+        [c60, c61],
+        [c70, c71],
+        [c80, c81],
+        [c90, c91],
+        [ca0, ca1],
+        [cb0, cb1],
     ];
     if p.alpha != 1.0 {
         let al = _mm512_set1_ps(p.alpha);
-        for v in acc.iter_mut().flatten() {
+        for v in acc.iter_mut().take(t.mr).flatten() {
             *v = _mm512_mul_ps(*v, al);
         }
     }
