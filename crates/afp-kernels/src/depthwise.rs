@@ -13,6 +13,8 @@
 //! FMAs and the weights broadcast once; stride 2 loads 16 consecutive inputs
 //! and keeps the even ones with two shuffles (no parity-split copy). Masked
 //! stores (slow on AMD cores) are left for the plane's last partial vector.
+//! With AVX-512F, 16 columns at a time (stride 2: one permute of 32 inputs), the
+//! same bits.
 
 use pulp::{Simd, WithSimd};
 use rayon::prelude::*;
@@ -297,14 +299,43 @@ pub(crate) fn fast_plane(
     out: &mut [f32],
     pad: &mut PaddedPlane,
 ) {
+    fast_plane_on(
+        crate::sgemm::Isa::best(),
+        c,
+        h,
+        w,
+        input,
+        weight,
+        bias,
+        act,
+        out,
+        pad,
+    )
+}
+
+/// [`fast_plane`] on the given vector width (both give the same bits: each output is the
+/// bias, then one FMA per tap in the same order).
+#[allow(clippy::too_many_arguments)]
+fn fast_plane_on(
+    isa: crate::sgemm::Isa,
+    c: &Conv2d,
+    h: usize,
+    w: usize,
+    input: &[f32],
+    weight: &[f32],
+    bias: f32,
+    act: Activation,
+    out: &mut [f32],
+    pad: &mut PaddedPlane,
+) {
     let (oh, ow) = c.out_hw(h, w);
     let (k, s) = (c.kh, c.stride[0]);
     let (pt, pl) = (c.pads[0], c.pads[1]);
-    let owv = ow.next_multiple_of(8);
-    // Last element read: row (oh-1)*s + k-1, column (owv-1)*s + k-1 (+8 for
-    // the second load of stride 2).
-    // (and 8 past the last input column, where the row copy's last vector writes zeros)
-    let pw = (w + pl + 8).max((owv - 1) * s + k + 8);
+    // Sized for 16-lane vectors (also enough for 8): the last element read is row
+    // (oh-1)*s + k-1, column (owv-1)*s + k-1 (+16 for the second load of stride 2),
+    // and 8 past the last input column, where the row copy's last vector writes zeros.
+    let owv = ow.next_multiple_of(16);
+    let pw = (w + pl + 8).max((owv - 1) * s + k + 16);
     let ph = (h + pt).max((oh - 1) * s + k);
     let layout = (ph, pw, pt, pl, h, w);
     if pad.layout != layout {
@@ -326,6 +357,17 @@ pub(crate) fn fast_plane(
         // which covers every read of `plane_avx2` (asserted there).
         unsafe {
             copy_rows_avx2(input, w, buf, pw, (pt, pl));
+            if isa == crate::sgemm::Isa::Avx512 {
+                // SAFETY: `Isa::best` found AVX-512F; the same buffer bounds (asserted there).
+                match (k, s) {
+                    (3, 1) => plane_avx512::<3, 1>(buf, pw, weight, (bias, lo, hi), out, ow),
+                    (3, 2) => plane_avx512::<3, 2>(buf, pw, weight, (bias, lo, hi), out, ow),
+                    (5, 1) => plane_avx512::<5, 1>(buf, pw, weight, (bias, lo, hi), out, ow),
+                    (5, 2) => plane_avx512::<5, 2>(buf, pw, weight, (bias, lo, hi), out, ow),
+                    _ => unreachable!("fast_ok admits 3x3 / 5x5, stride 1 / 2"),
+                }
+                return;
+            }
             match (k, s) {
                 (3, 1) => plane_avx2::<3, 1>(buf, pw, weight, (bias, lo, hi), out, ow),
                 (3, 2) => plane_avx2::<3, 2>(buf, pw, weight, (bias, lo, hi), out, ow),
@@ -336,7 +378,7 @@ pub(crate) fn fast_plane(
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (input, buf, out, weight, bias, lo, hi, ow, oh);
+    let _ = (input, buf, out, weight, bias, lo, hi, ow, oh, isa);
 }
 
 /// The lanes `0..rem` of an 8-lane vector, as a mask for `maskload` / `maskstore`.
@@ -391,6 +433,27 @@ unsafe fn copy_rows_avx2(
     }
 }
 
+/// Output rows and vectors per row of a plane kernel with `lanes`-wide vectors, after
+/// asserting that every read of the padded plane `buf` (rows `pw` apart) and of the weights
+/// lies inside them. The largest offset read is
+/// `((oh-1)*s + k-1)*pw + (nv*lanes - 1)*s + (k-1)`, plus `lanes` for stride 2's second load.
+fn plane_bounds(
+    k: usize,
+    s: usize,
+    lanes: usize,
+    (buf, pw): (&[f32], usize),
+    weight: &[f32],
+    out: &[f32],
+    ow: usize,
+) -> (usize, usize) {
+    let oh = out.len() / ow;
+    let nv = ow.div_ceil(lanes);
+    assert!(weight.len() >= k * k && oh * ow == out.len());
+    assert!(pw >= (nv * lanes - 1) * s + k + lanes);
+    assert!(buf.len() >= ((oh - 1) * s + k) * pw);
+    (oh, nv)
+}
+
 /// A whole output plane (`out.len() / ow` rows of `ow`) of a `K x K`, stride `S`
 /// depthwise conv from the padded plane `buf` (rows `pw` apart), 8 columns at a time:
 /// `bias + sum_taps w * buf[oy*S + ki][ox*S + kj]`, clamped to `(lo, hi)`. The weights
@@ -413,12 +476,7 @@ unsafe fn plane_avx2<const K: usize, const S: usize>(
     ow: usize,
 ) {
     use std::arch::x86_64::*;
-    let oh = out.len() / ow;
-    let nv = ow.div_ceil(8);
-    assert!(weight.len() >= K * K && oh * ow == out.len());
-    // Largest offset read: ((oh-1)*S + K-1)*pw + (nv*8 - 1)*S + (K-1) (+8 for S == 2).
-    assert!(pw >= (nv * 8 - 1) * S + K + 8);
-    assert!(buf.len() >= ((oh - 1) * S + K) * pw);
+    let (oh, nv) = plane_bounds(K, S, 8, (buf, pw), weight, out, ow);
     let wv: [__m256; 25] =
         std::array::from_fn(|t| _mm256_set1_ps(if t < K * K { weight[t] } else { 0.0 }));
     let (bv, lov, hiv) = (_mm256_set1_ps(bias), _mm256_set1_ps(lo), _mm256_set1_ps(hi));
@@ -468,6 +526,63 @@ unsafe fn plane_avx2<const K: usize, const S: usize>(
     }
 }
 
+/// As [`plane_avx2`] with 16-lane vectors: a 14x14 plane's row is one vector instead of two,
+/// a 112-wide one 7 instead of 14, and stride 2 keeps the even elements of 32 loaded values
+/// with one permute. A row's partial last vector is stored masked (AVX-512 masks cost no
+/// more than a whole store). Each output is the same FMA chain as `plane_avx2`'s.
+///
+/// # Safety
+/// AVX-512F must be available. (All memory accesses are through pointers into `buf`,
+/// `weight` and `out`, bounds-asserted below.)
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn plane_avx512<const K: usize, const S: usize>(
+    buf: &[f32],
+    pw: usize,
+    weight: &[f32],
+    (bias, lo, hi): (f32, f32, f32),
+    out: &mut [f32],
+    ow: usize,
+) {
+    use std::arch::x86_64::*;
+    let (oh, nv) = plane_bounds(K, S, 16, (buf, pw), weight, out, ow);
+    let wv: [__m512; 25] =
+        std::array::from_fn(|t| _mm512_set1_ps(if t < K * K { weight[t] } else { 0.0 }));
+    let (bv, lov, hiv) = (_mm512_set1_ps(bias), _mm512_set1_ps(lo), _mm512_set1_ps(hi));
+    let rem = ow - (nv - 1) * 16;
+    let last_mask = ((1u32 << rem) - 1) as __mmask16;
+    // Even elements of a ++ b, in order.
+    let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    for oy in 0..oh {
+        let rp = buf.as_ptr().add(oy * S * pw);
+        let op = out.as_mut_ptr().add(oy * ow);
+        for v in 0..nv {
+            let mut acc = bv;
+            for ki in 0..K {
+                for kj in 0..K {
+                    let off = ki * pw + v * 16 * S + kj;
+                    // SAFETY: off + 16*S - 1 <= (K-1)*pw + (nv*16-1)*S + K-1 + 16 past the
+                    // row start oy*S*pw, inside `buf` (asserted above).
+                    let x = unsafe {
+                        if S == 1 {
+                            _mm512_loadu_ps(rp.add(off))
+                        } else {
+                            let a = _mm512_loadu_ps(rp.add(off));
+                            let b = _mm512_loadu_ps(rp.add(off + 16));
+                            _mm512_permutex2var_ps(a, evens, b)
+                        }
+                    };
+                    acc = _mm512_fmadd_ps(wv[ki * K + kj], x, acc);
+                }
+            }
+            let r = _mm512_min_ps(_mm512_max_ps(acc, lov), hiv);
+            let mask = if v + 1 < nv { 0xFFFF } else { last_mask };
+            // SAFETY: columns v*16.. of row oy, the enabled lanes below ow: inside `out`.
+            unsafe { _mm512_mask_storeu_ps(op.add(v * 16), mask, r) };
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -477,12 +592,13 @@ mod tests {
     /// later store overwrites them).
     #[test]
     fn fast_planes_stay_inside_and_match() {
+        use crate::sgemm::Isa;
         if !crate::sgemm::avx2_available() {
             return;
         }
         let mut seed = 3;
         for (k, s) in [(3usize, 1usize), (3, 2), (5, 1), (5, 2)] {
-            for w in 1..=12usize {
+            for w in (1..=12usize).chain([15, 16, 17, 31, 33]) {
                 for h in [1usize, 2, 3, 5] {
                     let p = k / 2;
                     let c = Conv2d {
@@ -506,11 +622,23 @@ mod tests {
                     let mut buf = vec![f32::NAN; oh * ow + 16];
                     let (out, guard) = buf.split_at_mut(oh * ow);
                     let mut pad = PaddedPlane::new();
-                    fast_plane(&c, h, w, &x, &wt, 0.25, act, out, &mut pad);
+                    fast_plane_on(Isa::Avx2, &c, h, w, &x, &wt, 0.25, act, out, &mut pad);
                     assert!(
                         guard.iter().all(|g| g.is_nan()),
                         "k{k} s{s} {h}x{w}: wrote past"
                     );
+                    if Isa::best() == Isa::Avx512 {
+                        // The 16-lane kernel: the same bits, nothing written past.
+                        let mut wide = vec![f32::NAN; oh * ow + 16];
+                        let (o512, guard) = wide.split_at_mut(oh * ow);
+                        fast_plane_on(Isa::Avx512, &c, h, w, &x, &wt, 0.25, act, o512, &mut pad);
+                        assert!(guard.iter().all(|g| g.is_nan()), "avx512 wrote past");
+                        let same = o512
+                            .iter()
+                            .zip(out.iter())
+                            .all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(same, "k{k} s{s} {h}x{w}: AVX-512 bits differ");
+                    }
                     for oy in 0..oh {
                         for ox in 0..ow {
                             let mut want = 0.25f32;
