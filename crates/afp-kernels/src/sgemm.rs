@@ -442,6 +442,7 @@ pub(crate) struct ConvB<'a> {
 
 impl ConvB<'_> {
     /// `out[x] = B[q, j0 + x]` for `x < out.len()`.
+    #[inline(always)]
     fn fill_row(&self, q: usize, j0: usize, out: &mut [f32]) {
         let taps = self.kh * self.kw;
         let (ci, ki, kj) = (q / taps, (q % taps) / self.kw, q % self.kw);
@@ -544,6 +545,39 @@ fn run_problem(p: &Problem, m: usize, n: usize, out: OutPtr, threads: usize) {
 
 /// Computes the output rectangle `rows x cols` of `p` (single thread).
 fn region(
+    p: &Problem,
+    out: OutPtr,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    bufs: &mut Bufs,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if p.isa == Isa::Avx512 {
+        // SAFETY: `Isa::Avx512` only where `Isa::best` found AVX-512F (and AVX2, FMA checked
+        // before any product reaches here).
+        return unsafe { region_avx512(p, out, rows, cols, bufs) };
+    }
+    region_body(p, out, rows, cols, bufs)
+}
+
+/// [`region_body`] compiled for AVX-512, so the packing it inlines uses 64-byte moves.
+///
+/// # Safety
+/// AVX-512F, AVX2 and FMA must be available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn region_avx512(
+    p: &Problem,
+    out: OutPtr,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    bufs: &mut Bufs,
+) {
+    region_body(p, out, rows, cols, bufs)
+}
+
+#[inline(always)]
+fn region_body(
     p: &Problem,
     out: OutPtr,
     rows: std::ops::Range<usize>,
@@ -751,6 +785,7 @@ fn region(
 
 /// Packs `b[pc.., jc..]` (`kc x nc`) into `NR`-wide strips: strip `s` holds,
 /// for each depth `q`, the 16 values `b[pc+q, jc+s*NR .. +NR]` (zero-padded).
+#[inline(always)]
 fn pack_b(b: &[f32], l: MatLayout, pc: usize, kc: usize, jc: usize, nc: usize, dst: &mut [f32]) {
     let dst = &mut dst[..nc.div_ceil(NR) * NR * kc];
     if l.cs == 1 {
@@ -775,7 +810,7 @@ fn pack_b(b: &[f32], l: MatLayout, pc: usize, kc: usize, jc: usize, nc: usize, d
 
 /// Writes row `q` (`src`, `nc` values) of a `kc x nc` panel into its
 /// `NR`-wide strips (zero-padding the last one).
-#[inline]
+#[inline(always)]
 fn scatter_row(q: usize, kc: usize, src: &[f32], dst: &mut [f32]) {
     let full = src.len() / NR;
     let rem = src.len() - full * NR;
