@@ -42,6 +42,7 @@ pub use matmul::{matmul, threads_for, MatLayout};
 
 /// Writes `src`'s even-indexed elements, then its odd-indexed ones, to `dst` (same length):
 /// a stride-2 window then reads one contiguous run of one half.
+#[inline]
 pub(crate) fn split_even_odd<T: Copy>(src: &[T], dst: &mut [T]) {
     assert_eq!(src.len(), dst.len(), "split_even_odd: lengths");
     let (ev, od) = dst.split_at_mut(src.len().div_ceil(2));

@@ -120,6 +120,10 @@ impl Pool2d {
         // Stride 2 (the ResNet stem's pool): each input row is split once into its even and
         // odd columns, so every window column is a contiguous, vectorizable max.
         let split_rows = sw == 2;
+        #[cfg(target_arch = "x86_64")]
+        let wide = is_x86_feature_detected!("avx512f");
+        #[cfg(not(target_arch = "x86_64"))]
+        let wide = false;
         out.par_chunks_mut(oh * ow)
             .enumerate()
             .with_min_len(min_len)
@@ -127,33 +131,74 @@ impl Pool2d {
                 || vec![0f32; if split_rows { w } else { 0 }],
                 |split, (p, o)| {
                     let plane = &input[p * h * w..][..h * w];
-                    for (oy, row) in o.chunks_exact_mut(ow).enumerate() {
-                        row.fill(f32::MIN);
-                        for ki in 0..self.kh {
-                            let Some(iy) = self.in_row(oy, ki, h) else {
-                                continue;
-                            };
-                            let src = &plane[iy * w..][..w];
-                            if split_rows {
-                                crate::split_even_odd(src, split);
-                            }
-                            for &(ox0, ox1, start) in &cols {
-                                let dst = &mut row[ox0..ox1];
-                                if split_rows {
-                                    // Columns start, start + 2, ...: one run of one half.
-                                    let at = crate::split_index(start, w);
-                                    let run = &split[at..at + dst.len()];
-                                    dst.iter_mut().zip(run).for_each(|(o, &x)| *o = o.max(x));
-                                } else {
-                                    dst.iter_mut()
-                                        .zip(src[start..].iter().step_by(sw))
-                                        .for_each(|(o, &x)| *o = o.max(x));
-                                }
-                            }
-                        }
+                    #[cfg(target_arch = "x86_64")]
+                    if wide {
+                        // SAFETY: AVX-512F was detected above.
+                        return unsafe { self.max_plane_avx512(plane, w, o, ow, split, &cols) };
                     }
+                    self.max_plane(plane, w, o, ow, split, &cols)
                 },
             );
+    }
+
+    /// [`Pool2d::max_plane`] compiled for AVX-512 (16-lane maxima and even/odd splits).
+    ///
+    /// # Safety
+    /// AVX-512F must be available.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn max_plane_avx512(
+        &self,
+        plane: &[f32],
+        w: usize,
+        o: &mut [f32],
+        ow: usize,
+        split: &mut [f32],
+        cols: &[(usize, usize, usize)],
+    ) {
+        self.max_plane(plane, w, o, ow, split, cols)
+    }
+
+    /// One plane of [`Pool2d::max`]: `o` (rows of `ow`) from `plane` (rows of `w`), `split` a
+    /// row's worth of scratch for stride 2.
+    #[inline(always)]
+    fn max_plane(
+        &self,
+        plane: &[f32],
+        w: usize,
+        o: &mut [f32],
+        ow: usize,
+        split: &mut [f32],
+        cols: &[(usize, usize, usize)],
+    ) {
+        let h = plane.len() / w;
+        let sw = self.stride[1];
+        let split_rows = sw == 2;
+        for (oy, row) in o.chunks_exact_mut(ow).enumerate() {
+            row.fill(f32::MIN);
+            for ki in 0..self.kh {
+                let Some(iy) = self.in_row(oy, ki, h) else {
+                    continue;
+                };
+                let src = &plane[iy * w..][..w];
+                if split_rows {
+                    crate::split_even_odd(src, split);
+                }
+                for &(ox0, ox1, start) in cols {
+                    let dst = &mut row[ox0..ox1];
+                    if split_rows {
+                        // Columns start, start + 2, ...: one run of one half.
+                        let at = crate::split_index(start, w);
+                        let run = &split[at..at + dst.len()];
+                        dst.iter_mut().zip(run).for_each(|(o, &x)| *o = o.max(x));
+                    } else {
+                        dst.iter_mut()
+                            .zip(src[start..].iter().step_by(sw))
+                            .for_each(|(o, &x)| *o = o.max(x));
+                    }
+                }
+            }
+        }
     }
 
     /// ONNX AveragePool over `n_c` planes of `h x w`. With
