@@ -141,7 +141,7 @@ pub(crate) fn gemm_fused(
     // Thin products (matrix-vector-like) go to the `gemm` crate: the 6x16
     // tile would be mostly padding and packing would cost as much as the
     // arithmetic.
-    if avx2_available() && m >= MR && n >= NR / 2 {
+    if avx2_available() && n >= NR / 2 && (m >= MR || few_rows_apply(Isa::best(), m, a, b_l)) {
         return gemm_fused_simd(Isa::best(), m, n, k, a, b, b_l, c, ldc, epi, threads);
     }
     match a {
@@ -362,7 +362,124 @@ fn gemm_fused_simd(
         lo,
         hi,
     };
+    if few_rows_apply(isa, m, a, b_l) {
+        return few_rows(&p, m, n, OutPtr(c.as_mut_ptr()), threads);
+    }
     run_problem(&p, m, n, OutPtr(c.as_mut_ptr()), threads);
+}
+
+/// Whether a product of fewer rows than a strip runs as rows of `A` against `B` where it
+/// lies ([`few_rows`]): AVX-512, f32 `A`, row-major `B` (a classifier at batch 1 whose
+/// weights are not transposed). Packing `B` for the tiled kernels would copy all of it for
+/// one use.
+fn few_rows_apply(isa: Isa, m: usize, a: Lhs, b_l: MatLayout) -> bool {
+    m < MR && isa == Isa::Avx512 && b_l.cs == 1 && matches!(a, Lhs::F32(..))
+}
+
+/// Columns of `B` per block of [`row_avx512`]: 8 vectors of accumulators.
+const ROW_BLOCK: usize = 8 * NR;
+
+/// The `m` rows of `p`'s output, each row of `A` against row-major `B` in place, columns
+/// split over `threads` parts. Callers check [`few_rows_apply`].
+fn few_rows(p: &Problem, m: usize, n: usize, out: OutPtr, threads: usize) {
+    let tiles = n.div_ceil(NR);
+    let parts = threads.min(tiles).max(1);
+    let bounds = |t: usize| (tiles * t / parts * NR).min(n);
+    let run = |t: usize| {
+        for i in 0..m {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `few_rows_apply` checked `Isa::Avx512` (AVX-512F present); the
+            // columns are inside 0..n and row i < m of the checked output.
+            unsafe {
+                row_avx512(p, i, bounds(t)..bounds(t + 1), out)
+            };
+        }
+    };
+    if parts > 1 {
+        (0..parts).into_par_iter().with_max_len(1).for_each(run);
+    } else {
+        run(0);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = out;
+}
+
+/// Row `i` of `p`'s output over `cols`: each output the FMA chain over the depth from zero
+/// and then the epilogue of [`kernel_avx512`], in its order (so the bits are the tiled
+/// kernels'), [`ROW_BLOCK`] columns at a time with the last block masked.
+///
+/// # Safety
+/// AVX-512F must be available; `p.a` is f32 and `p.b` a row-major matrix, both checked
+/// against the product's `m x k` and `k x n` by `gemm_fused_simd`; `i < m`, `cols` inside
+/// `0..n`, and `out` the checked output.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn row_avx512(p: &Problem, i: usize, cols: std::ops::Range<usize>, out: OutPtr) {
+    use std::arch::x86_64::*;
+    let (Lhs::F32(a, a_l), BSrc::Mat(b, b_l)) = (p.a, p.b) else {
+        unreachable!("few_rows_apply admits f32 A and a matrix B")
+    };
+    assert!(b_l.cs == 1 && cols.end > cols.start);
+    let z = _mm512_setzero_ps();
+    let mut j = cols.start;
+    while j < cols.end {
+        let w = (cols.end - j).min(ROW_BLOCK);
+        let masks: [__mmask16; 8] = std::array::from_fn(|h| {
+            let lanes = w.saturating_sub(h * NR).min(NR);
+            ((1u32 << lanes) - 1) as __mmask16
+        });
+        let (mut c0, mut c1, mut c2, mut c3) = (z, z, z, z);
+        let (mut c4, mut c5, mut c6, mut c7) = (z, z, z, z);
+        for q in 0..p.k {
+            let av = _mm512_set1_ps(a[i * a_l.rs + q * a_l.cs]);
+            let row = b.as_ptr().wrapping_add(q * b_l.rs + j);
+            // SAFETY: the enabled lanes are columns j.. j + w <= n of row q of B, inside
+            // `b` (checked by the caller); disabled lanes are not read.
+            let ld =
+                |h: usize| unsafe { _mm512_maskz_loadu_ps(masks[h], row.wrapping_add(h * NR)) };
+            c0 = _mm512_fmadd_ps(av, ld(0), c0);
+            c1 = _mm512_fmadd_ps(av, ld(1), c1);
+            c2 = _mm512_fmadd_ps(av, ld(2), c2);
+            c3 = _mm512_fmadd_ps(av, ld(3), c3);
+            c4 = _mm512_fmadd_ps(av, ld(4), c4);
+            c5 = _mm512_fmadd_ps(av, ld(5), c5);
+            c6 = _mm512_fmadd_ps(av, ld(6), c6);
+            c7 = _mm512_fmadd_ps(av, ld(7), c7);
+        }
+        let at = i * p.c_rs + j;
+        // SAFETY (loads and stores): the enabled lanes are columns j..j + w of row i, inside
+        // the output, the residual (same layout) and the column bias (n values).
+        let load = |ptr: *const f32, h: usize| unsafe {
+            _mm512_maskz_loadu_ps(masks[h], ptr.wrapping_add(h * NR))
+        };
+        let finish = |h: usize, mut v: __m512| {
+            if masks[h] == 0 {
+                return;
+            }
+            if p.alpha != 1.0 {
+                v = _mm512_mul_ps(v, _mm512_set1_ps(p.alpha));
+            }
+            let dst = out.0.wrapping_add(at);
+            if p.accumulate {
+                v = _mm512_add_ps(v, load(dst, h));
+            }
+            match p.bias {
+                Bias::None => {}
+                Bias::Row(bv) => v = _mm512_add_ps(v, _mm512_set1_ps(bv[i])),
+                Bias::Col(bv) => v = _mm512_add_ps(v, load(bv.as_ptr().wrapping_add(j), h)),
+            }
+            if let Some(res) = p.residual {
+                v = _mm512_add_ps(v, load(res.as_ptr().wrapping_add(at), h));
+            }
+            v = _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(p.lo)), _mm512_set1_ps(p.hi));
+            // SAFETY: see above.
+            unsafe { _mm512_mask_storeu_ps(dst.wrapping_add(h * NR), masks[h], v) };
+        };
+        for (h, v) in [c0, c1, c2, c3, c4, c5, c6, c7].into_iter().enumerate() {
+            finish(h, v);
+        }
+        j += w;
+    }
 }
 
 /// `c[m x n]` (row-major, row stride `ldc`) `= epi(a * B)` where `B` is the
@@ -1425,6 +1542,10 @@ mod tests {
             // AVX-512 tiles with a partial second strip, and a partial single strip.
             (9, 24, 40),
             (12, 45, 20),
+            // Fewer rows than a strip: on AVX-512, rows against B in place (a partial
+            // block of 128 columns), the AVX2 kernels' bits.
+            (1, 300, 70),
+            (3, 45, 20),
         ];
         let acts = [
             Activation::None,
