@@ -105,7 +105,8 @@ pub(crate) fn avx2_available() -> bool {
 pub(crate) enum Isa {
     /// 6x16 tiles in two 8-lane vectors per row.
     Avx2,
-    /// 6x32 tiles (two adjacent packed strips) in two 16-lane vectors per row: machines
+    /// 12x32 tiles (two A strips, two adjacent packed B strips) in two 16-lane vectors per
+    /// row, and rows against B in place for fewer than 6 rows ([`few_rows`]): machines
     /// with two 512-bit FMA units (Intel Xeon since Skylake-SP) do twice the AVX2 work per
     /// cycle (Zen 4 runs a 512-bit FMA as two 256-bit halves: little to gain there).
     Avx512,
