@@ -1123,6 +1123,59 @@ struct Tile {
     last: bool,
 }
 
+/// The `A` operand of a tile `height` rows tall, as the kernels read it. Packed: one pointer
+/// (element (i, q) at q*MR + i of its strip, the strips kc*MR apart). In place: one pointer
+/// per row, rows past `mr` repeating the last valid row (their results are discarded),
+/// element (i, q) at rows[i] + q. Panics unless the operand holds the tile's `kc` depths.
+#[inline(always)]
+fn a_pointers<const N: usize>(
+    a: ASrc,
+    packed: bool,
+    kc: usize,
+    height: usize,
+    t: &Tile,
+) -> (*const f32, [*const f32; N]) {
+    match a {
+        ASrc::Packed(s) => {
+            assert!(packed && s.len() >= kc * height);
+            (s.as_ptr(), [s.as_ptr(); N])
+        }
+        ASrc::Rows { a, lda, pc } => {
+            assert!(!packed);
+            let last = t.i0 + t.mr - 1;
+            assert!(
+                last * lda + pc + kc <= a.len(),
+                "sgemm: lhs rows out of bounds"
+            );
+            let rows: [*const f32; N] =
+                // SAFETY: row (min(i, mr-1) + i0) starts at most at last*lda + pc, and that
+                // row has kc elements in bounds (asserted above).
+                std::array::from_fn(|i| unsafe { a.as_ptr().add((t.i0 + i.min(t.mr - 1)) * lda + pc) });
+            (a.as_ptr(), rows)
+        }
+    }
+}
+
+/// On a tile's last depth slice with a residual: asks for the residual's rows (an output row
+/// apart) now, so they arrive while the tile is computed.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn prefetch_residual(p: &Problem, t: &Tile) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    let (true, Some(res)) = (t.last, p.residual) else {
+        return;
+    };
+    for i in 0..t.mr {
+        let row = (t.i0 + i) * p.c_rs + t.j0;
+        for j in [0, t.nr - 1] {
+            if let Some(x) = res.get(row + j) {
+                // SAFETY: a prefetch is a hint that never faults; the address is in `res`.
+                unsafe { _mm_prefetch((x as *const f32).cast::<i8>(), _MM_HINT_T0) };
+            }
+        }
+    }
+}
+
 /// One `MR x NR` tile: `acc = A_strip * B_strip` over `kc`, then
 /// `C[tile] = clamp?((first && !accumulate ? 0 : C) + alpha*acc + bias?)`.
 ///
@@ -1150,43 +1203,8 @@ unsafe fn kernel_6x16<const PACKED: bool, const NV: usize>(
     // most 8 of its columns are used (the packed strip is still 16 wide).
     assert!(b.len() >= kc * NR && t.mr >= 1 && t.mr <= MR);
     assert!(NV == 2 || (NV == 1 && t.nr <= 8));
-    // Packed: one pointer, element (i, q) at q*MR + i. In place: one pointer
-    // per row (rows past `mr` repeat the last valid row; their results are
-    // discarded), element (i, q) at rows[i] + q.
-    let (ap, rows) = match a {
-        ASrc::Packed(s) => {
-            assert!(PACKED && s.len() >= kc * MR);
-            (s.as_ptr(), [s.as_ptr(); MR])
-        }
-        ASrc::Rows { a, lda, pc } => {
-            assert!(!PACKED);
-            let last = t.i0 + t.mr - 1;
-            assert!(
-                last * lda + pc + kc <= a.len(),
-                "sgemm: lhs rows out of bounds"
-            );
-            let rows: [*const f32; MR] =
-                // SAFETY: row (min(i, mr-1) + i0) starts at most at
-                // last*lda + pc, and that row has kc elements in bounds
-                // (asserted above).
-                std::array::from_fn(|i| unsafe { a.as_ptr().add((t.i0 + i.min(t.mr - 1)) * lda + pc) });
-            (a.as_ptr(), rows)
-        }
-    };
-    if t.last {
-        if let Some(res) = p.residual {
-            // The residual's rows lie an output row apart: ask for them now, so they arrive
-            // while the tile is computed.
-            for i in 0..t.mr {
-                let row = (t.i0 + i) * p.c_rs + t.j0;
-                for j in [0, t.nr - 1] {
-                    if let Some(x) = res.get(row + j) {
-                        _mm_prefetch((x as *const f32).cast::<i8>(), _MM_HINT_T0);
-                    }
-                }
-            }
-        }
-    }
+    let (ap, rows) = a_pointers::<MR>(a, PACKED, kc, MR, &t);
+    prefetch_residual(p, &t);
     let mut acc = [[_mm256_setzero_ps(); 2]; MR];
     let bp = b.as_ptr();
     for q in 0..kc {
@@ -1331,40 +1349,8 @@ unsafe fn kernel_avx512<const PACKED: bool, const NV: usize, const TALL: bool>(
     assert!(b.len() >= NV * kc * NR && t.mr >= 1 && t.mr <= height);
     assert!(t.nr >= 1 && t.nr <= NV * NR && (NV == 1 || t.nr > NR));
     // Packed: element (i, q) at strip (i / MR), q*MR + i % MR (the strips kc*MR apart).
-    // In place: one pointer per row (rows past `mr` repeat the last valid row; their
-    // results are discarded), element (i, q) at rows[i] + q.
-    let (ap, rows) = match a {
-        ASrc::Packed(s) => {
-            assert!(PACKED && s.len() >= kc * height);
-            (s.as_ptr(), [s.as_ptr(); ROWS])
-        }
-        ASrc::Rows { a, lda, pc } => {
-            assert!(!PACKED);
-            let last = t.i0 + t.mr - 1;
-            assert!(
-                last * lda + pc + kc <= a.len(),
-                "sgemm: lhs rows out of bounds"
-            );
-            let rows: [*const f32; ROWS] =
-                // SAFETY: row (min(i, mr-1) + i0) starts at most at last*lda + pc, and that
-                // row has kc elements in bounds (asserted above).
-                std::array::from_fn(|i| unsafe { a.as_ptr().add((t.i0 + i.min(t.mr - 1)) * lda + pc) });
-            (a.as_ptr(), rows)
-        }
-    };
-    if t.last {
-        if let Some(res) = p.residual {
-            // As in `kernel_6x16`: the residual's rows, asked for while the tile computes.
-            for i in 0..t.mr {
-                let row = (t.i0 + i) * p.c_rs + t.j0;
-                for j in [0, t.nr - 1] {
-                    if let Some(x) = res.get(row + j) {
-                        _mm_prefetch((x as *const f32).cast::<i8>(), _MM_HINT_T0);
-                    }
-                }
-            }
-        }
-    }
+    let (ap, rows) = a_pointers::<ROWS>(a, PACKED, kc, height, &t);
+    prefetch_residual(p, &t);
     let b0p = b.as_ptr();
     // SAFETY: with NV = 2, b holds two strips of kc * NR.
     let b1p = if NV == 2 {
